@@ -1,0 +1,1 @@
+"""Nix image toolkit."""

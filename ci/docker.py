@@ -1,0 +1,373 @@
+"""The Docker engine, through the docker SDK.
+
+Builds use the engine's classic builder (the SDK does not speak BuildKit), so
+Dockerfiles here use no BuildKit-only syntax. Build output is streamed to the
+log as it arrives; failures become one-line ToolkitErrors with the log tail.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+import docker
+import docker.errors
+import requests
+
+from .errors import (
+    BuildFailed,
+    DockerUnavailable,
+    ImageNotFound,
+    NetworkUnavailable,
+    RegistryError,
+    ToolkitError,
+)
+
+log = logging.getLogger(__name__)
+
+# Every container and image the toolkit makes carries this label, so that
+# leftovers can be found and tests can prove there are none.
+LABEL = "io.github.nix-ci.toolkit"
+
+BUILD_TAIL = 25
+
+
+@cache
+def client() -> docker.DockerClient:
+    """A connected client, or DockerUnavailable saying how to start the engine."""
+    try:
+        engine = docker.from_env(timeout=600)
+        engine.ping()
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+        raise DockerUnavailable(
+            f"cannot reach the Docker daemon at {host} ({_reason(exc)})",
+            "start dockerd (e.g. `sudo systemctl start docker`) or point DOCKER_HOST at a running engine",
+        ) from None
+    return engine
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    for known in ("No such file or directory", "Connection refused", "Permission denied"):
+        if known in text:
+            return known.lower()
+    return text[:120]
+
+
+@dataclass(frozen=True)
+class Image:
+    """A local image, as the engine describes it."""
+
+    id: str
+    tags: tuple[str, ...]
+    layers: tuple[str, ...]  # diff IDs, bottom first
+    size: int
+    config: Mapping[str, Any]
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> Image:
+        return cls(
+            id=attrs["Id"],
+            tags=tuple(attrs.get("RepoTags") or ()),
+            layers=tuple(attrs.get("RootFS", {}).get("Layers") or ()),
+            size=int(attrs.get("Size", 0)),
+            config=attrs.get("Config") or {},
+        )
+
+
+def inspect_image(ref: str) -> Image | None:
+    """The local image `ref` (name:tag or ID), or None."""
+    try:
+        return Image.from_attrs(client().api.inspect_image(ref))
+    except docker.errors.ImageNotFound:
+        return None
+    except docker.errors.APIError as exc:
+        raise _api_error(exc, f"cannot inspect {ref}") from None
+
+
+def require_image(ref: str, hint: str) -> Image:
+    image = inspect_image(ref)
+    if image is None:
+        raise ImageNotFound(f"image {ref} is not in the local Docker engine", hint)
+    return image
+
+
+def build(
+    context: str,
+    dockerfile: str,
+    *,
+    tag: str | None = None,
+    buildargs: Mapping[str, str] | None = None,
+    nocache: bool = False,
+) -> Image:
+    """`docker build` with the classic builder, streaming its steps to the log.
+
+    A failed build removes the intermediate images it made, so that nothing
+    of it is left behind.
+    """
+    api = client().api
+    name = os.path.basename(dockerfile)
+    progress = _BuildProgress()
+    try:
+        for chunk in api.build(
+            path=context,
+            dockerfile=dockerfile,
+            tag=tag,
+            buildargs=dict(buildargs or {}),
+            labels={LABEL: "build"},
+            rm=True,
+            forcerm=True,  # intermediate containers go even when a step fails
+            nocache=nocache,
+            pull=False,
+            decode=True,
+        ):
+            progress.feed(chunk)
+            if "error" in chunk:
+                raise BuildFailed(f"docker build of {name} failed: {chunk['error'].strip().splitlines()[-1]}",
+                                  details=progress.tail())
+    except docker.errors.APIError as exc:
+        progress.discard()
+        raise _api_error(exc, f"docker build of {name} failed") from None
+    except BaseException:
+        progress.discard()
+        raise
+    image = inspect_image(progress.image_id) if progress.image_id else None
+    if image is None:
+        raise BuildFailed(f"docker build of {name} gave no image", details=progress.tail())
+    return image
+
+
+# The classic builder colours a step's stderr.
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _BuildProgress:
+    """Follows a classic-builder stream: logs it, keeps its tail, notes the images it makes."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.created: list[str] = []  # intermediate images this build made (not cached, not FROM)
+        self.image_id: str | None = None
+        self._step = ""
+
+    def feed(self, chunk: Mapping[str, Any]) -> None:
+        for line in _ANSI.sub("", chunk.get("stream", "")).splitlines():
+            self.lines.append(line)
+            _log_build_line(line)
+            if line.startswith("Step "):
+                self._step = line
+            elif line.startswith(" ---> Using cache"):
+                self._step = ""
+            elif line.startswith(" ---> Running in "):
+                pass
+            elif line.startswith(" ---> ") and self._step and " : FROM " not in self._step:
+                self.created.append(line[len(" ---> "):].strip())
+                self._step = ""
+        if "aux" in chunk and "ID" in chunk["aux"]:
+            self.image_id = chunk["aux"]["ID"]
+        if "error" in chunk:
+            self.lines.append(chunk["error"])
+
+    def tail(self) -> str:
+        return "\n".join(self.lines[-BUILD_TAIL:])
+
+    def discard(self) -> None:
+        for image in reversed(self.created):
+            _quietly(lambda image=image: client().api.remove_image(image))
+
+
+# The classic builder's bookkeeping lines, shown only with debug logging.
+_BUILD_CHATTER = (" ---> ", "Removing intermediate container", "Successfully built", "[Warning] One or more build-args")
+
+
+def _log_build_line(line: str) -> None:
+    if not line.strip():
+        return
+    log.log(logging.DEBUG if line.startswith(_BUILD_CHATTER) else logging.INFO, "%s", line)
+
+
+def stream_into_load(image: str, command: list[str]) -> list[str]:
+    """Run `command` in a container of `image` and `docker load` what it writes to stdout.
+
+    The archive goes from the container to the engine in one stream, so it is
+    never written to disk. Returns the loaded tags. The container is removed.
+    """
+    api = client().api
+    container = api.create_container(image, command=command, labels={LABEL: "stream"})["Id"]
+    try:
+        output = api.attach(container, stdout=True, stderr=False, stream=True, logs=True)
+        api.start(container)
+        loaded = _load(output)
+        status = api.wait(container)["StatusCode"]
+        if status != 0:
+            stderr = api.logs(container, stdout=False, stderr=True).decode(errors="replace")
+            raise BuildFailed(
+                f"{' '.join(command)} in {image[:19]} exited {status} while writing the image",
+                details="\n".join(stderr.splitlines()[-BUILD_TAIL:]),
+            )
+        return loaded
+    except docker.errors.APIError as exc:
+        raise _api_error(exc, "loading the image into Docker failed") from None
+    finally:
+        _quietly(lambda: api.remove_container(container, force=True))
+
+
+def _load(data: Iterator[bytes]) -> list[str]:
+    tags = []
+    for chunk in client().api.load_image(data):
+        if "error" in chunk:
+            raise BuildFailed(f"docker load failed: {chunk['error']}")
+        text = chunk.get("stream", "")
+        for prefix in ("Loaded image: ", "Loaded image ID: "):
+            if text.startswith(prefix):
+                tags.append(text[len(prefix):].strip())
+    return tags
+
+
+def load_archive(path: str) -> list[str]:
+    """`docker load -i path`."""
+    with open(path, "rb") as archive:
+        return _load(iter(lambda: archive.read(1 << 20), b""))
+
+
+def tag(image: str, ref: str) -> None:
+    repository, _, tag_ = ref.rpartition(":")
+    try:
+        client().api.tag(image, repository, tag_)
+    except docker.errors.APIError as exc:
+        raise _api_error(exc, f"cannot tag {image[:19]} as {ref}") from None
+
+
+def remove_image(ref: str) -> None:
+    """Remove `ref` if present; untagged parents go with it."""
+    try:
+        client().api.remove_image(ref, force=True)
+    except docker.errors.ImageNotFound:
+        pass
+    except docker.errors.APIError as exc:
+        raise _api_error(exc, f"cannot remove image {ref}") from None
+
+
+def import_rootfs(tarball: str, repository: str, tag_: str, changes: list[str]) -> Image:
+    """`docker import` a root filesystem tarball."""
+    try:
+        result = client().api.import_image_from_file(tarball, repository=repository, tag=tag_, changes=changes)
+    except docker.errors.APIError as exc:
+        raise _api_error(exc, f"docker import of {tarball} failed") from None
+    if "error" in str(result):
+        raise BuildFailed(f"docker import of {tarball} failed: {result}")
+    return require_image(f"{repository}:{tag_}", "docker import reported success but the image is missing")
+
+
+def pull(ref: str, auth: Mapping[str, str] | None = None) -> Image:
+    """Pull `ref`, logging progress; NetworkUnavailable/RegistryError when it cannot."""
+    repository, sep, tag_ = ref.rpartition(":")
+    if not sep or "/" in tag_:
+        repository, tag_ = ref, "latest"
+    if "@" in ref:
+        repository, tag_ = ref, None
+    try:
+        for chunk in client().api.pull(repository, tag=tag_, stream=True, decode=True, auth_config=dict(auth) if auth else None):
+            if "error" in chunk:
+                raise RegistryError(f"cannot pull {ref}: {chunk['error']}")
+            if chunk.get("status") and not chunk.get("progressDetail"):
+                log.info("%s %s", chunk.get("id", ""), chunk["status"])
+    except docker.errors.APIError as exc:
+        text = str(exc.explanation or exc)
+        if looks_offline(text):
+            raise NetworkUnavailable(f"cannot pull {ref}: the registry cannot be reached (no network?)") from None
+        if "unauthorized" in text or "authentication required" in text or "denied" in text:
+            raise RegistryError(f"cannot pull {ref}: the registry refused the credentials",
+                                "log in (docker login / skopeo login) or set REGISTRY_USERNAME and REGISTRY_PASSWORD") from None
+        raise RegistryError(f"cannot pull {ref}: {text.splitlines()[0][:200]}") from None
+    return require_image(ref, "the pull reported success but the image is missing")
+
+
+OFFLINE_PHRASES = (
+    "no such host",
+    "Temporary failure in name resolution",
+    "network is unreachable",
+    "dial tcp",
+    "i/o timeout",
+    "Could not resolve host",
+    "unable to download",
+    "Couldn't resolve host",
+)
+
+
+def looks_offline(text: str) -> bool:
+    """True when a log says something could not be downloaded for lack of network."""
+    return any(phrase.lower() in text.lower() for phrase in OFFLINE_PHRASES)
+
+
+def run_detached(image: str, *, name: str, ports: Mapping[str, tuple[str, int]]) -> str:
+    try:
+        container = client().api.create_container(
+            image,
+            name=name,
+            labels={LABEL: "run"},
+            ports=list(ports),
+            host_config=client().api.create_host_config(port_bindings=dict(ports)),
+        )["Id"]
+    except docker.errors.ImageNotFound:
+        raise ImageNotFound(f"image {image} is not in the local Docker engine", "build it first: invoke build-web") from None
+    except docker.errors.APIError as exc:
+        raise _api_error(exc, f"cannot create container {name}") from None
+    try:
+        client().api.start(container)
+    except docker.errors.APIError as exc:
+        _quietly(lambda: client().api.remove_container(container, force=True))
+        raise _api_error(exc, f"cannot start container {name}") from None
+    return str(container)
+
+
+def container_state(name: str) -> Mapping[str, Any] | None:
+    try:
+        return client().api.inspect_container(name)["State"]
+    except docker.errors.NotFound:
+        return None
+
+
+def container_logs(name: str, lines: int = BUILD_TAIL) -> str:
+    try:
+        return client().api.logs(name, tail=lines).decode(errors="replace")
+    except docker.errors.NotFound:
+        return ""
+
+
+def remove_container(name: str, *, timeout: int = 10) -> bool:
+    """Stop and remove container `name`; False when there was none."""
+    api = client().api
+    try:
+        api.stop(name, timeout=timeout)
+        api.remove_container(name, force=True)
+    except docker.errors.NotFound:
+        return False
+    except docker.errors.APIError as exc:
+        raise _api_error(exc, f"cannot remove container {name}") from None
+    return True
+
+
+def leftovers() -> list[str]:
+    """Containers and dangling images the toolkit made and did not clean up."""
+    api = client().api
+    found = [f"container {c['Id'][:12]}" for c in api.containers(all=True, filters={"label": f"{LABEL}=stream"})]
+    return found
+
+
+def _quietly(action: Any) -> None:
+    try:
+        action()
+    except docker.errors.DockerException:
+        log.debug("cleanup failed", exc_info=True)
+
+
+def _api_error(exc: docker.errors.APIError, what: str) -> ToolkitError:
+    text = str(exc.explanation or exc).strip()
+    return ToolkitError(f"{what}: {text.splitlines()[0][:300] if text else type(exc).__name__}")

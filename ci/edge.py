@@ -1,0 +1,58 @@
+"""The task edge: logging set-up, and the one place errors become exit codes.
+
+Library code logs and raises; only this module prints errors. A
+ToolkitError becomes its one line (and the log tail that explains it) and a
+non-zero exit; any other exception is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from invoke.exceptions import Exit
+
+from .errors import ToolkitError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Logs and errors go to stderr, unwrapped so that CI logs stay greppable;
+# results (tags, digests, URLs) go to stdout, one per line.
+
+
+def setup_logging(verbose: bool = False) -> None:
+    root = logging.getLogger("ci")
+    if root.handlers:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG if verbose or os.environ.get("CI_DEBUG") else logging.INFO)
+    root.propagate = False
+
+
+def report_errors(function: F) -> F:
+    """Turn ToolkitErrors raised by a task into one line and a non-zero exit."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        setup_logging()
+        try:
+            return function(*args, **kwargs)
+        except ToolkitError as exc:
+            if exc.details:
+                print(exc.details, file=sys.stderr)
+            raise Exit(f"error: {exc.line()}", code=exc.exit_code) from None
+        except KeyboardInterrupt:
+            raise Exit("error: interrupted", code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def say(text: str) -> None:
+    """A result line for the user, on stdout."""
+    print(text, flush=True)

@@ -1,0 +1,115 @@
+"""The one place where the toolkit starts a process.
+
+Every external program (skopeo, umoci, nix, mmdebstrap, ...) runs through
+`run`, which finds the binary on PATH, logs the command, keeps its output, and
+turns a failure into a CommandFailed carrying the tail of that output. The
+Docker engine is not a process: ci.docker talks to it through the SDK.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import sh
+
+from .errors import CommandFailed, ToolMissing
+
+log = logging.getLogger(__name__)
+
+# How to get each program the toolkit runs, for the "not on PATH" message.
+INSTALL_HINTS = {
+    "skopeo": "apt-get install skopeo",
+    "umoci": "apt-get install umoci",
+    "nix-build": "apt-get install nix-bin",
+    "nix-instantiate": "apt-get install nix-bin",
+    "nix-store": "apt-get install nix-bin",
+    "mmdebstrap": "apt-get install mmdebstrap",
+    "debootstrap": "apt-get install debootstrap",
+}
+
+TAIL_LINES = 20
+
+
+@dataclass(frozen=True)
+class Completed:
+    """A finished process: what ran and what it printed (stdout and stderr merged)."""
+
+    argv: list[str]
+    output: str
+
+    def tail(self, lines: int = TAIL_LINES) -> str:
+        return "\n".join(self.output.rstrip().splitlines()[-lines:])
+
+
+def which(program: str) -> str:
+    """The absolute path of `program`, or ToolMissing saying how to install it."""
+    path = shutil.which(program)
+    if path is None:
+        hint = INSTALL_HINTS.get(program, f"install {program}")
+        raise ToolMissing(f"{program} is not on PATH", f"{hint}, or add its directory to PATH")
+    return path
+
+
+def run(
+    program: str,
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: str | None = None,
+    on_line: Callable[[str], None] | None = None,
+    stdout_to: str | None = None,
+) -> Completed:
+    """Run `program args...`, logging the command; raise CommandFailed on a non-zero exit.
+
+    `env` adds to the current environment (secrets go there, never in args).
+    `on_line` receives each output line as it arrives, for progress.
+    `stdout_to` sends stdout to that file instead of keeping it.
+    """
+    argv = [which(program), *args]
+    log.debug("$ %s", shlex.join([program, *args]))
+    lines: list[str] = []
+
+    def keep(line: str) -> None:
+        lines.append(line)
+        if on_line is not None:
+            on_line(line.rstrip("\n"))
+
+    kwargs: dict[str, object] = {
+        "_tty_out": False,  # no pager, no colour codes in what we keep
+        "_env": {**os.environ, **(env or {})},
+        "_cwd": cwd,
+        "_err": keep,
+        "_out": stdout_to if stdout_to is not None else keep,
+        "_bg_exc": False,
+    }
+    try:
+        sh.Command(argv[0])(*argv[1:], **kwargs)
+    except sh.ErrorReturnCode as exc:
+        output = "".join(lines)
+        last = _last_line(output) or f"exit code {exc.exit_code}"
+        raise CommandFailed(
+            f"{program} failed (exit {exc.exit_code}): {last}",
+            argv=[program, *args],
+            exit_code=exc.exit_code,
+            output=output,
+        ) from None
+    except sh.SignalException as exc:
+        raise CommandFailed(
+            f"{program} was killed by signal {-exc.exit_code}",
+            argv=[program, *args],
+            exit_code=exc.exit_code,
+            output="".join(lines),
+        ) from None
+    return Completed([program, *args], "".join(lines))
+
+
+def _last_line(output: str) -> str:
+    for line in reversed(output.strip().splitlines()):
+        if line.strip():
+            return line.strip()
+    return ""
