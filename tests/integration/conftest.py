@@ -1,0 +1,80 @@
+"""Fixtures that start and clean up real components: the Docker engine, the
+registry, and the builder and cache images made from Debian packages.
+
+In CI (CI=true) a missing component fails the run; elsewhere the tests that
+need it are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import docker
+import pytest
+import requests
+
+from tests.conftest import invoke
+
+IN_CI = os.environ.get("CI") == "true"
+LABEL = "io.github.nix-ci.toolkit"
+
+
+def unavailable(reason: str):
+    if IN_CI:
+        pytest.fail(f"{reason} (integration tests never skip in CI)")
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def engine():
+    try:
+        client = docker.from_env()
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means no engine
+        unavailable(f"no Docker engine ({exc}); run `bash .ci/services`")
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def registry():
+    """host:port of the local registry that .ci/services starts."""
+    address = os.environ.get("TEST_REGISTRY", "127.0.0.1:5000")
+    try:
+        requests.get(f"http://{address}/v2/", timeout=3).raise_for_status()
+    except requests.RequestException as exc:
+        unavailable(f"no registry at {address} ({exc}); run `bash .ci/services`")
+    return address
+
+
+@pytest.fixture(scope="session")
+def nix_on_host():
+    try:
+        subprocess.run(["nix-instantiate", "--version"], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        unavailable(f"no Nix on this machine ({exc}); apt-get install nix-bin")
+
+
+@pytest.fixture(scope="session")
+def cache_image(engine):
+    """nix-base and nix-cache built with the Debian builder and the stand-in package set."""
+    outcome = invoke("build-cache", "--from-debian")
+    assert outcome.code == 0, outcome.stderr[-3000:]
+    return engine.images.get("nix-cache:latest")
+
+
+@pytest.fixture(scope="session")
+def web_image(engine, cache_image):
+    """web:latest built with the default (load) flow."""
+    outcome = invoke("build-web")
+    assert outcome.code == 0, outcome.stderr[-3000:]
+    return engine.images.get("web:latest")
+
+
+def our_containers(client) -> list:
+    return client.containers.list(all=True, filters={"label": LABEL})
+
+
+def dangling_images(client) -> set[str]:
+    return {image.id for image in client.images.list(filters={"dangling": True})}

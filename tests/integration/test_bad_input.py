@@ -1,0 +1,175 @@
+"""Every bad input of the web-image issue: one line naming the problem and
+the fix, a non-zero exit, no traceback, and nothing half-done."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import bcrypt
+import pytest
+import requests
+
+from ci.project import Project
+from tests.conftest import ROOT, assert_one_line_error, invoke
+from tests.integration.conftest import dangling_images
+
+PINNED_BUILDER = Project(ROOT, "nix/pkgs.nix", "nix/images.nix").default_arg("nix-base", "BUILDER_IMAGE")
+
+
+def state(engine):
+    """What a failed build must leave as it was."""
+    return (
+        engine.images.get("web:latest").id,
+        {c.id for c in engine.containers.list(all=True)},
+        dangling_images(engine),
+    )
+
+
+def test_no_docker_daemon(tmp_path):
+    outcome = invoke("build-web", env={"DOCKER_HOST": f"unix://{tmp_path}/missing.sock"})
+    assert_one_line_error(outcome, "cannot reach the Docker daemon", "start dockerd")
+
+
+def test_missing_tool(web_image, registry):
+    python_only = os.path.dirname(sys.executable)
+    outcome = invoke("push", "web", "--to", f"docker://{registry}/t/web:1", env={"PATH": python_only})
+    assert_one_line_error(outcome, "skopeo is not on PATH", "apt-get install skopeo")
+
+
+def test_unknown_image_name(registry):
+    outcome = invoke("push", "nope", "--to", f"docker://{registry}/t/nope:1")
+    assert_one_line_error(outcome, "unknown image 'nope'", "known images: web")
+
+
+@pytest.mark.parametrize(("target", "phrase"), [
+    ("docker://127.0.0.1:5000/Web:1", "is not a valid image reference"),
+    ("docker://127.0.0.1:5000/web:-dash", "is not a valid image reference"),
+    ("docker://web:1", "names no registry"),
+    ("ftp://127.0.0.1/web", "is not a destination this task understands"),
+])
+def test_malformed_reference(web_image, target, phrase):
+    assert_one_line_error(invoke("push", "web", "--to", target), phrase)
+
+
+def test_malformed_tag(web_image, tmp_path):
+    outcome = invoke("push", "web", "--to", f"oci:{tmp_path}/layout:bad tag!")
+    assert_one_line_error(outcome, "'bad tag!' is not a valid tag")
+    assert not (tmp_path / "layout").exists()
+
+
+@pytest.mark.parametrize(("images_file", "phrases", "in_log"), [
+    ("tests/fixtures/broken/eval-error.nix", ["Nix build", "undefined variable 'undefinedServer'"], "eval-error.nix"),
+    ("tests/fixtures/broken/build-error.nix", ["Nix build", "builder for", "failed"], "fails on purpose"),
+])
+def test_nix_failure_shows_the_log_tail_and_leaves_nothing(engine, web_image, images_file, phrases, in_log):
+    before = state(engine)
+    outcome = invoke("build-web", env={"INVOKE_WEB_IMAGES": images_file})
+    assert_one_line_error(outcome, *phrases)
+    assert in_log in outcome.stderr  # the tail of the Nix log is shown
+    assert state(engine) == before  # latest not moved, no container or image left
+
+
+def test_registry_that_does_not_answer(web_image):
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    outcome = invoke("push", "web", "--to", f"docker://127.0.0.1:{port}/web:1")
+    assert_one_line_error(outcome, f"the registry 127.0.0.1:{port} does not answer")
+
+
+@pytest.fixture
+def registry_with_auth(tmp_path):
+    """A second real registry that wants user alice, password right-password."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    hashed = bcrypt.hashpw(b"right-password", bcrypt.gensalt(rounds=4)).decode()
+    (tmp_path / "htpasswd").write_text(f"alice:{hashed}\n")
+    (tmp_path / "config.yml").write_text(json.dumps({
+        "version": 0.1,
+        "storage": {"filesystem": {"rootdirectory": str(tmp_path / "data")}},
+        "http": {"addr": f"127.0.0.1:{port}"},
+        "auth": {"htpasswd": {"realm": "test", "path": str(tmp_path / "htpasswd")}},
+    }))
+    server = subprocess.Popen(["docker-registry", "serve", str(tmp_path / "config.yml")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 401:
+                    break
+            except requests.RequestException:
+                time.sleep(0.1)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def test_refused_credentials_are_reported_and_never_shown(web_image, registry_with_auth):
+    env = {"REGISTRY_USERNAME": "alice", "REGISTRY_PASSWORD": "wrong-password"}
+    outcome = invoke("push", "web", "--to", f"docker://{registry_with_auth}/web:1", env=env)
+    assert_one_line_error(outcome, f"the registry {registry_with_auth} refused the credentials")
+    secret = base64.b64encode(b"alice:wrong-password").decode()
+    for text in (outcome.stdout, outcome.stderr):
+        assert "wrong-password" not in text and secret not in text
+
+    env["REGISTRY_PASSWORD"] = "right-password"
+    outcome = invoke("push", "web", "--to", f"docker://{registry_with_auth}/web:1", env=env)
+    assert outcome.code == 0, outcome.stderr
+    assert outcome.stdout.split()[-1].startswith("sha256:")
+
+
+def test_builder_image_cannot_be_downloaded(engine):
+    outcome = invoke("build-base", env={"INVOKE_BUILDER_BASE": "nix-base-test:offline"})
+    assert_one_line_error(outcome, f"cannot download the builder image {PINNED_BUILDER}: no network",
+                          "--from-debian")
+    assert not engine.images.list("nix-base-test")
+
+
+def test_pinned_nixpkgs_cannot_be_downloaded(engine, cache_image):
+    outcome = invoke("build-base", env={
+        "INVOKE_BUILDER_IMAGE": "nix-builder:debian-bookworm",
+        "INVOKE_WEB_PKGS": "nix/pkgs.nix",
+        "INVOKE_BUILDER_BASE": "nix-base-test:offline",
+    })
+    assert_one_line_error(outcome, "cannot download the pinned nixpkgs (nix/pkgs.nix)", "offline")
+    assert "unable to download" in outcome.stderr
+    assert not engine.images.list("nix-base-test")
+
+
+def test_port_already_taken(engine, web_image):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 19010))
+        taken.listen()
+        outcome = invoke("run-web", "--port", "19010")
+    assert_one_line_error(outcome, "port 19010 on 127.0.0.1 is already taken", "--port")
+    assert not engine.containers.list(all=True, filters={"name": "^web$"})
+
+
+def test_missing_images_file():
+    outcome = invoke("build-web", env={"INVOKE_WEB_IMAGES": "nix/nope.nix"})
+    assert_one_line_error(outcome, "the images file nix/nope.nix does not exist", "web.images")
+
+
+def test_run_web_twice(engine, web_image):
+    assert invoke("run-web", "--port", "19011").code == 0
+    try:
+        assert_one_line_error(invoke("run-web", "--port", "19012"), "already exists", "stop-web")
+    finally:
+        invoke("stop-web")
+
+
+def test_extract_into_an_unwritable_place(web_image, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    outcome = invoke("extract", "web", "--to", f"rootfs:{blocker}/rootfs")
+    assert_one_line_error(outcome, "cannot write under", "writable directory")
+    assert Path(blocker).is_file()

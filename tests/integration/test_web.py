@@ -1,0 +1,123 @@
+"""build-web, run-web, push and extract, end to end, with nothing mocked:
+the real Dockerfiles, the Debian-made builder, Nix, skopeo, umoci, the
+engine and the registry."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.conftest import invoke
+
+PAGE = (Path(__file__).resolve().parent.parent / "fixtures" / "web" / "index.html").read_text()
+
+
+def serve_and_fetch(port: int) -> requests.Response:
+    outcome = invoke("run-web", "--port", str(port))
+    try:
+        assert outcome.code == 0, outcome.stderr
+        assert outcome.stdout.strip() == f"http://127.0.0.1:{port}/"
+        return requests.get(f"http://127.0.0.1:{port}/", timeout=5)
+    finally:
+        assert invoke("stop-web").code == 0
+
+
+def test_load_flow_image_serves_the_page_as_an_unprivileged_user(engine, web_image):
+    assert any(t.startswith("web:") and t != "web:latest" for t in web_image.tags), web_image.tags
+    assert web_image.attrs["Config"]["User"] == "101:101"
+    # One layer per store path, plus the customisation layer.
+    assert len(web_image.attrs["RootFS"]["Layers"]) > 2
+    response = serve_and_fetch(19000)
+    assert response.status_code == 200
+    assert response.text == PAGE
+
+
+def test_run_web_process_runs_as_uid_101(engine, web_image):
+    assert invoke("run-web", "--port", "19001").code == 0
+    try:
+        top = engine.containers.get("web").top(ps_args="-o pid,uid,args")
+        uids = {row[1] for row in top["Processes"]}
+        assert uids == {"101"}, top
+    finally:
+        assert invoke("stop-web").stdout.strip() == "stopped"
+    assert invoke("stop-web").stdout.strip() == "not running"
+
+
+def test_complete_flow_builds_from_scratch_and_serves_the_page(engine, cache_image):
+    outcome = invoke("build-web", "--complete")
+    assert outcome.code == 0, outcome.stderr[-3000:]
+    identity, latest = (line.split()[0] for line in outcome.stdout.strip().splitlines())
+    assert latest == "web:latest"
+    image = engine.images.get(identity)
+    assert image.id == engine.images.get("web:latest").id
+    assert image.attrs["Config"]["User"] == "101:101"
+    assert image.attrs["Config"]["Cmd"] == ["/run"]
+    response = serve_and_fetch(19002)
+    assert response.status_code == 200
+    assert response.text == PAGE
+    # Leave the load-flow image as web:latest for the other tests.
+    assert invoke("build-web").code == 0
+
+
+def test_push_prints_the_digest_the_registry_serves_and_the_image_comes_back(engine, web_image, registry):
+    target = f"{registry}/test-push/web"
+    outcome = invoke("push", "web", "--to", f"docker://{target}:one", "--to", f"docker://{target}:two")
+    assert outcome.code == 0, outcome.stderr
+    printed = dict(line.split() for line in outcome.stdout.strip().splitlines())
+    assert set(printed) == {f"docker://{target}:one", f"docker://{target}:two"}
+    for destination, digest in printed.items():
+        served = subprocess.run(["skopeo", "inspect", "--tls-verify=false", destination],
+                                capture_output=True, text=True, check=True)
+        assert json.loads(served.stdout)["Digest"] == digest
+    assert len(set(printed.values())) == 1
+
+    # Remove the local image, pull it back from the registry, run it again.
+    original = web_image.id
+    for tag in engine.images.get("web:latest").tags:
+        engine.images.remove(tag, force=True)
+    pulled = engine.images.pull(target, tag="one")
+    assert pulled.id == original  # same config, so the same image ID
+    pulled.tag("web", "latest")
+    response = serve_and_fetch(19003)
+    assert response.text == PAGE
+
+
+def test_push_to_an_oci_layout(web_image, tmp_path):
+    outcome = invoke("push", "web", "--to", f"oci:{tmp_path / 'layout'}:v1")
+    assert outcome.code == 0, outcome.stderr
+    index = json.loads((tmp_path / "layout" / "index.json").read_text())
+    digest = outcome.stdout.split()[-1]
+    assert [m["digest"] for m in index["manifests"]] == [digest]
+    assert index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"] == "v1"
+
+
+def test_extract_to_a_rootfs_holds_the_image_files(web_image, tmp_path):
+    rootfs = tmp_path / "rootfs"
+    outcome = invoke("extract", "web", "--to", f"rootfs:{rootfs}")
+    assert outcome.code == 0, outcome.stderr
+    assert "www:x:101:101" in (rootfs / "etc" / "passwd").read_text()
+    pages = list((rootfs / "nix" / "store").glob("*-webroot/index.html"))
+    assert [p.read_text() for p in pages] == [PAGE]
+    assert (rootfs / "tmp").stat().st_mode & 0o1777 == 0o1777
+    assert [p.name for p in tmp_path.iterdir()] == ["rootfs"]  # no work directory left
+
+
+def test_extract_to_a_docker_archive_and_an_oci_layout(engine, web_image, tmp_path):
+    archive = tmp_path / "web.tar"
+    assert invoke("extract", "web", "--to", f"docker-archive:{archive}").code == 0
+    loaded = engine.images.load(archive.read_bytes())
+    assert loaded[0].id == web_image.id
+    assert invoke("extract", "web", "--to", f"oci:{tmp_path / 'oci'}:x").code == 0
+    assert (tmp_path / "oci" / "index.json").exists()
+
+
+@pytest.mark.parametrize("target", ["docker-archive", "rootfs"])
+def test_extract_refuses_to_overwrite(web_image, tmp_path, target):
+    (tmp_path / "exists").mkdir()
+    outcome = invoke("extract", "web", "--to", f"{target}:{tmp_path / 'exists'}")
+    assert outcome.code != 0
+    assert "already exists" in outcome.error_line
