@@ -6,7 +6,7 @@ from pathlib import Path
 
 from invoke import Collection, task
 
-from ci import build, run, transfer
+from ci import build, nix, run, transfer
 from ci.edge import report_errors, say
 from ci.project import Project
 
@@ -95,7 +95,15 @@ def extract(c, image, to):
     say(str(transfer.extract(ref, to)))
 
 
-ns = Collection(build_base, build_cache, build_web, run_web, stop_web, push, extract)
+@task
+@report_errors
+def check_nix(c):
+    """Check that every Nix file of the project parses (needs Nix on the host, no nixpkgs)."""
+    files = nix.parse_all(ROOT)
+    say(f"{len(files)} Nix files parse")
+
+
+ns = Collection(build_base, build_cache, build_web, run_web, stop_web, push, extract, check_nix)
 ns.configure({
     "web": {
         "name": "web",  # the image name, as the images file sets it

@@ -62,13 +62,11 @@ def run(
     env: Mapping[str, str] | None = None,
     cwd: str | None = None,
     on_line: Callable[[str], None] | None = None,
-    stdout_to: str | None = None,
 ) -> Completed:
     """Run `program args...`, logging the command; raise CommandFailed on a non-zero exit.
 
     `env` adds to the current environment (secrets go there, never in args).
     `on_line` receives each output line as it arrives, for progress.
-    `stdout_to` sends stdout to that file instead of keeping it.
     """
     argv = [which(program), *args]
     log.debug("$ %s", shlex.join([program, *args]))
@@ -84,7 +82,7 @@ def run(
         "_env": {**os.environ, **(env or {})},
         "_cwd": cwd,
         "_err": keep,
-        "_out": stdout_to if stdout_to is not None else keep,
+        "_out": keep,
         "_bg_exc": False,
     }
     try:
