@@ -13,7 +13,7 @@
 #
 # Nothing here needs KVM (no runAsRoot) or root: the nginx user comes from
 # fakeNss, and file ownership is set under fakeroot.
-{ pkgs ? import ./pkgs.nix {}     # package set (pinned nixpkgs)
+{ pkgs ? import ./nixpkgs {}      # package set (pinned nixpkgs)
 , page ? ./web/index.html         # the page nginx serves
 , tag ? null                      # image tag; null derives it from the output hash
 }:

@@ -5,7 +5,7 @@
 # <nixpkgs>, NIX_PATH or channels, so every machine evaluates the same
 # package set.
 #
-#   nix-instantiate --eval -E '(import ./nix/pkgs.nix {}).lib.version'
+#   nix-instantiate --eval -E '(import ./nix/nixpkgs {}).lib.version'
 { system ? builtins.currentSystem   # platform to build for; the machine running Nix unless told otherwise
 }:
 let
