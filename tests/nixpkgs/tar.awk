@@ -7,7 +7,10 @@
 # targets over 100 bytes. Every mtime is 1, user and group names are empty.
 # Variables: uid, gid: the building user, whose files are written as owned
 # by 0:0; fixed: space-separated names of directories written as 0755 and
-# 0:0 whatever they are on disk (the store directory and its parents).
+# 0:0 whatever they are on disk (the store directory and its parents);
+# fragment=1: a piece of an archive, without the two end blocks;
+# headersOnly=1: only the headers, for a piece whose file bytes (and their
+# padding) someone else writes; implies fragment=1.
 
 BEGIN {
     for (i = 1; i < 256; i++) ord[sprintf("%c", i)] = i
@@ -83,7 +86,7 @@ function record(key, value,   s, digits) {
         nuls(padding(length(pax)))
     }
     header(name, mode, owner, group, size, type, link)
-    if (type == "0") {
+    if (type == "0" && !headersOnly) {
         fflush()
         quoted = rest
         gsub(/'/, "'\\''", quoted)
@@ -92,4 +95,5 @@ function record(key, value,   s, digits) {
     }
 }
 
-END { if (!failed) nuls(1024) } # the end of the archive: two zero blocks
+# The end of the archive: two zero blocks.
+END { if (!failed && !fragment && !headersOnly) nuls(1024) }
