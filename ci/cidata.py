@@ -1,0 +1,222 @@
+"""cloud-init NoCloud seed disks: a small disk labelled "cidata" holding
+user-data and meta-data (and optionally vendor-data and network-config).
+
+The disk is vfat, as in the seed experiment (mkfs.vfat + mcopy), or ISO 9660
+(xorriso). It is made beside its destination, read back with the same tools
+to check its label, file names and contents, and only then renamed into
+place: a failure leaves no disk behind. The same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import fat, iso
+from .errors import ConfigError, ToolkitError
+
+log = logging.getLogger(__name__)
+
+LABEL = "cidata"
+FORMATS = ("vfat", "iso9660")
+# The files NoCloud reads, in the order they are written.
+SEED_NAMES = ("user-data", "meta-data", "vendor-data", "network-config")
+# The date of every file and of the volume: FAT dates start in 1980.
+FIXED_DATE = 946684800  # 2000-01-01T00:00:00Z
+MIB = 1024 * 1024
+
+# How user-data may start for cloud-init to act on it (plus gzip's magic).
+USER_DATA_STARTS = (b"#cloud-config", b"#!", b"#include", b"#cloud-boothook", b"#part-handler",
+                    b"## template: jinja", b"Content-Type: multipart", b"\x1f\x8b")
+_HOSTNAME = re.compile(r"^(?=.{1,63}$)[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class SeedFile:
+    name: str
+    size: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Seed:
+    """A seed disk as it was read back after writing."""
+
+    path: Path
+    format: str  # "vfat" or "iso9660"
+    label: str
+    size: int  # bytes
+    digest: str  # sha256:... of the whole disk
+    files: tuple[SeedFile, ...]
+
+
+def read_input(path: Path, what: str, option: str) -> bytes:
+    """The bytes of a user-given file, or a one-line ConfigError saying why it cannot be read."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        reason = "it does not exist"
+    except IsADirectoryError:
+        reason = "it is a directory"
+    except PermissionError:
+        reason = "permission denied"
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    raise ConfigError(f"cannot read the {what} file {path}: {reason}", f"pass a readable file to {option}")
+
+
+def meta_data(*, instance_id: str, hostname: str) -> bytes:
+    """NoCloud meta-data for `hostname`. JSON strings are valid YAML scalars, so any value is quoted safely."""
+    check_hostname(hostname)
+    return f"instance-id: {json.dumps(instance_id)}\nlocal-hostname: {json.dumps(hostname)}\n".encode()
+
+
+def default_instance_id(user_data: bytes, network_config: bytes | None) -> str:
+    """Changes when the user-data or network-config does, so that cloud-init applies the new one."""
+    digest = hashlib.sha256(user_data + b"\0" + (network_config or b"")).hexdigest()
+    return f"iid-{digest[:16]}"
+
+
+def check_hostname(hostname: str) -> str:
+    if not _HOSTNAME.match(hostname):
+        raise ConfigError(f"'{hostname}' is not a valid host name",
+                          "use 1 to 63 letters, digits and '-', not starting or ending with '-'")
+    return hostname
+
+
+def check_user_data(data: bytes, source: str) -> None:
+    if not data.startswith(USER_DATA_STARTS):
+        log.warning("%s starts with neither #cloud-config nor #!: cloud-init may ignore it", source)
+
+
+def make_seed(
+    output: Path,
+    *,
+    fmt: str = "vfat",
+    user_data: Path | None = None,
+    meta_data_file: Path | None = None,
+    vendor_data: Path | None = None,
+    network_config: Path | None = None,
+    hostname: str | None = None,
+    instance_id: str | None = None,
+) -> Seed:
+    """Write a NoCloud seed disk at `output` and return it as read back.
+
+    Without `user_data`, an empty #cloud-config is written. Without
+    `meta_data_file`, meta-data is made from `hostname` and `instance_id`
+    (default: one derived from the user-data).
+    """
+    if fmt not in FORMATS:
+        raise ConfigError(f"unknown seed format '{fmt}'", f"use one of {', '.join(FORMATS)}")
+    if meta_data_file is not None and (hostname is not None or instance_id is not None):
+        raise ConfigError("both a meta-data file and a host name or instance id were given",
+                          "put local-hostname and instance-id in the meta-data file, or drop --meta-data")
+    contents: dict[str, bytes] = {}
+    if user_data is not None:
+        contents["user-data"] = read_input(user_data, "user-data", "--user-data")
+        check_user_data(contents["user-data"], str(user_data))
+    else:
+        contents["user-data"] = b"#cloud-config\n# No user-data was given to `invoke cidata`.\n"
+    extra = {name: read_input(path, name, f"--{name}") for name, path in
+             (("vendor-data", vendor_data), ("network-config", network_config)) if path is not None}
+    if meta_data_file is not None:
+        contents["meta-data"] = read_input(meta_data_file, "meta-data", "--meta-data")
+    else:
+        contents["meta-data"] = meta_data(
+            instance_id=instance_id or default_instance_id(contents["user-data"], extra.get("network-config")),
+            hostname=hostname or "nixos",
+        )
+    contents.update(extra)
+    contents = {name: contents[name] for name in SEED_NAMES if name in contents}
+    return write_seed(output, contents, fmt)
+
+
+def write_seed(output: Path, contents: Mapping[str, bytes], fmt: str) -> Seed:
+    """Make the disk beside `output`, check it, then rename it into place."""
+    output = output.absolute()
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write under {output.parent}: {exc.strerror}", "choose a writable directory") from None
+    if output.is_dir():
+        raise ConfigError(f"{output} is a directory", "give the seed disk a file name, e.g. build/vm/cidata.img")
+    with tempfile.TemporaryDirectory(prefix=".cidata-", dir=output.parent) as work:
+        sources = {}
+        for name, data in contents.items():
+            source = Path(work) / name
+            source.write_bytes(data)
+            os.utime(source, (FIXED_DATE, FIXED_DATE))
+            sources[name] = source
+        partial = Path(work) / "disk"
+        if fmt == "vfat":
+            fat.make(partial, label=LABEL, size=vfat_size(contents), files=sources)
+        else:
+            iso.make(partial, volume_id=LABEL, files=sources, date=FIXED_DATE)
+        seed = read_back(partial, fmt)
+        verify(seed, contents)
+        os.chmod(partial, 0o644)
+        os.replace(partial, output)
+    return Seed(output, seed.format, seed.label, seed.size, seed.digest, seed.files)
+
+
+def vfat_size(contents: Mapping[str, bytes]) -> int:
+    """Room for the files plus FAT12's own structures; at least the seed's 2 MiB."""
+    needed = sum(len(data) + 4096 for data in contents.values()) + 256 * 1024
+    return max(2 * MIB, -(-needed // MIB) * MIB)
+
+
+def read_back(disk: Path, fmt: str) -> Seed:
+    """Read a seed disk with the filesystem tools: label, files and their digests."""
+    tool = fat if fmt == "vfat" else iso
+    tool.check(disk)
+    label = fat.label(disk) if fmt == "vfat" else iso.volume_id(disk)
+    files = []
+    with tempfile.TemporaryDirectory(prefix="cidata-read-") as out:
+        for name in tool.names(disk):
+            data = tool.extract(disk, name, Path(out) / name).read_bytes()
+            files.append(SeedFile(name, len(data), hashlib.sha256(data).hexdigest()))
+    return Seed(disk, fmt, label, disk.stat().st_size, f"sha256:{file_sha256(disk)}", tuple(files))
+
+
+def verify(seed: Seed, contents: Mapping[str, bytes]) -> None:
+    """The disk holds exactly `contents` under label cidata."""
+    problems = []
+    if seed.label != LABEL:
+        problems.append(f"label is '{seed.label}', not '{LABEL}'")
+    found = {f.name: f.sha256 for f in seed.files}
+    if sorted(found) != sorted(contents):
+        problems.append(f"files are {sorted(found)}, not {sorted(contents)}")
+    problems += [f"{name} differs from its source" for name, data in contents.items()
+                 if name in found and found[name] != hashlib.sha256(data).hexdigest()]
+    if problems:
+        raise ToolkitError(f"the {seed.format} seed disk read back wrong: {'; '.join(problems)}",
+                           "this is a bug in the toolkit or the filesystem tools; the disk was not kept")
+
+
+def detect_format(path: Path) -> str:
+    """"iso9660" or "vfat", from the disk's first sectors; ConfigError for anything else."""
+    try:
+        with open(path, "rb") as disk:
+            head = disk.read(32774)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the seed disk {path}: {exc.strerror}", "make it with `invoke cidata`") from None
+    if head[32769:32774] == b"CD001":
+        return "iso9660"
+    if len(head) >= 512 and head[510:512] == b"\x55\xaa" and b"FAT" in head[54:90]:
+        return "vfat"
+    raise ConfigError(f"{path} is neither a vfat nor an ISO 9660 disk", "make the seed disk with `invoke cidata`")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -1,0 +1,387 @@
+"""OCI artifacts in registries, through oras-py: push files as an artifact
+with their own media types and artifact type, pull them back with every
+digest checked, resolve a reference to its manifest digest.
+
+oras-py (0.2.x) does the registry conversation: HTTP, upload sessions,
+chunked uploads, token and basic authentication, docker auth files. The
+manifest is written here, not by `oras.provider.Registry.push`, because that
+one cannot set `artifactType`, wants every file under the current directory,
+and reads each file whole into memory; and pulls are checked here, because
+oras-py does not verify what it downloads.
+
+Manifests follow OCI image-spec 1.1 for artifacts: `artifactType` names the
+kind of artifact, the config is the empty descriptor, and each file is a
+layer with its own media type and its file name as title annotation.
+
+TLS is verified for every registry but loopback ones, which are spoken to in
+plain HTTP; --insecure turns verification off for the others. Credentials
+come from REGISTRY_USERNAME and REGISTRY_PASSWORD (as for skopeo), or from
+the docker and containers auth files; they are never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import oras.container
+import oras.provider
+import requests
+
+from . import credentials
+from .errors import ConfigError, RegistryError, ToolkitError
+from .refs import ImageRef, is_loopback, parse_image_ref
+
+log = logging.getLogger(__name__)
+
+MANIFEST_MEDIA_TYPE = "application/vnd.oci.image.manifest.v1+json"
+EMPTY_MEDIA_TYPE = "application/vnd.oci.empty.v1+json"
+EMPTY_CONFIG = b"{}"
+TITLE = "org.opencontainers.image.title"
+CHUNK_SIZE = 16 * 1024 * 1024  # bytes per upload request: large files never sit whole in memory
+PROBE_TIMEOUT = 10  # seconds to wait for /v2/ before saying the registry does not answer
+
+
+@dataclass(frozen=True)
+class Blob:
+    """A file to push, and how the artifact describes it."""
+
+    path: Path
+    media_type: str
+    title: str = ""  # the name it is pulled back under; default: the file's name
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """A layer (or the config) as the manifest lists it."""
+
+    media_type: str
+    digest: str
+    size: int
+    annotations: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def title(self) -> str:
+        return self.annotations.get(TITLE, "")
+
+    def to_json(self) -> dict:
+        data: dict = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.annotations:
+            data["annotations"] = dict(self.annotations)
+        return data
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Descriptor:
+        return cls(data["mediaType"], data["digest"], int(data["size"]), dict(data.get("annotations") or {}))
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """An artifact in a registry: its manifest's digest and what it lists."""
+
+    reference: str  # registry/repository:tag as asked for
+    digest: str  # sha256:... of the manifest
+    artifact_type: str
+    layers: tuple[Descriptor, ...]
+    annotations: Mapping[str, str]
+
+    @property
+    def pinned(self) -> str:
+        """registry/repository@digest: the reference that can never change."""
+        return f"{parse_image_ref(self.reference).name}@{self.digest}"
+
+
+@dataclass(frozen=True)
+class Pulled:
+    artifact: Artifact
+    files: tuple[Path, ...]  # in layer order, each checked against its digest
+
+
+def push(reference: str, blobs: Sequence[Blob], *, artifact_type: str,
+         annotations: Mapping[str, str] | None = None, insecure: bool = False) -> Artifact:
+    """Push `blobs` as one artifact tagged `reference`; returns it with the manifest digest the registry confirmed."""
+    ref = _tagged(reference)
+    if not blobs:
+        raise ConfigError("an artifact needs at least one file", "give the files to push")
+    layers = []
+    with _registry(ref, insecure) as (registry, container):
+        for blob in blobs:
+            layer = describe(blob)
+            log.info("uploading %s (%s, %s)", blob.path, layer.media_type, _human(layer.size))
+            _upload(registry, container, ref, blob.path, layer)
+            layers.append(layer)
+        config = Descriptor(EMPTY_MEDIA_TYPE, _sha256_bytes(EMPTY_CONFIG), len(EMPTY_CONFIG))
+        with tempfile.TemporaryDirectory(prefix="oras-config-") as work:
+            empty = Path(work) / "config.json"
+            empty.write_bytes(EMPTY_CONFIG)
+            _upload(registry, container, ref, empty, config)
+        manifest = manifest_json(artifact_type, config, layers, annotations or {})
+        body = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
+        digest = _sha256_bytes(body)
+        response = _request(registry, ref, "PUT", f"{registry.prefix}://{container.manifest_url()}",
+                            data=body, headers={"Content-Type": MANIFEST_MEDIA_TYPE})
+        _expect(response, ref, "the manifest upload", (201,))
+        confirmed = response.headers.get("Docker-Content-Digest", digest)
+        if confirmed != digest:
+            raise RegistryError(f"{ref.registry} stored the manifest as {confirmed}, not {digest}",
+                                "the registry rewrote the manifest; push to another registry")
+    return Artifact(str(ref), digest, artifact_type, tuple(layers), dict(annotations or {}))
+
+
+def manifest_json(artifact_type: str, config: Descriptor, layers: Sequence[Descriptor],
+                  annotations: Mapping[str, str]) -> dict:
+    """An OCI 1.1 artifact manifest."""
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "artifactType": artifact_type,
+        "config": config.to_json(),
+        "layers": [layer.to_json() for layer in layers],
+    }
+    if annotations:
+        manifest["annotations"] = dict(annotations)
+    return manifest
+
+
+def describe(blob: Blob) -> Descriptor:
+    """The layer descriptor of a file: media type, digest, size, title."""
+    try:
+        size = blob.path.stat().st_size
+        digest = f"sha256:{_sha256_file(blob.path)}"
+    except OSError as exc:
+        raise ConfigError(f"cannot read {blob.path}: {exc.strerror}", "check the path") from None
+    return Descriptor(blob.media_type, digest, size, {TITLE: blob.title or blob.path.name, **blob.annotations})
+
+
+def inspect(reference: str, *, insecure: bool = False) -> Artifact:
+    """The artifact at `reference` (tag or @digest), its manifest checked against its digest."""
+    ref = parse_image_ref(reference, need_registry=True)
+    with _registry(ref, insecure) as (registry, container):
+        return _fetch_manifest(registry, container, ref)
+
+
+def resolve(reference: str, *, insecure: bool = False) -> str:
+    """The manifest digest `reference` points to now."""
+    return inspect(reference, insecure=insecure).digest
+
+
+def pull(reference: str, directory: Path, *, insecure: bool = False) -> Pulled:
+    """Download every layer of the artifact into `directory`, under its title.
+
+    Each file is written under a temporary name, checked against its size and
+    digest, and only then renamed: a failed pull leaves no file behind.
+    """
+    ref = parse_image_ref(reference, need_registry=True)
+    directory = directory.absolute()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write under {directory}: {exc.strerror}", "choose a writable directory") from None
+    with _registry(ref, insecure) as (registry, container):
+        artifact = _fetch_manifest(registry, container, ref)
+        names = [_safe_name(layer) for layer in artifact.layers]
+        with tempfile.TemporaryDirectory(prefix=".pull-", dir=directory) as work:
+            partials = []
+            for layer, name in zip(artifact.layers, names, strict=True):
+                log.info("downloading %s (%s, %s)", name, layer.media_type, _human(layer.size))
+                partial = Path(work) / name
+                _download(registry, container, ref, layer, partial)
+                partials.append(partial)
+            files = []
+            for partial, name in zip(partials, names, strict=True):
+                os.replace(partial, directory / name)
+                files.append(directory / name)
+    return Pulled(artifact, tuple(files))
+
+
+def _tagged(reference: str) -> ImageRef:
+    ref = parse_image_ref(reference, need_registry=True)
+    if ref.digest:
+        raise ConfigError(f"'{reference}' pins a digest", "push to a tag; the digest is printed after the push")
+    return ref if ref.tag else ref.with_tag("latest")
+
+
+class _Registry(oras.provider.Registry):
+    """oras-py's client without its retry loop, which sleeps up to two minutes
+    on any error: a registry that refuses or stops answering is reported at once."""
+
+    do_request = oras.provider.Registry.do_request.__wrapped__
+
+
+@contextmanager
+def _registry(ref: ImageRef, insecure: bool) -> Iterator[tuple[oras.provider.Registry, oras.container.Container]]:
+    """An oras-py client for the registry of `ref`, with the right scheme, TLS check and credentials."""
+    loopback = is_loopback(ref.registry)
+    verify = not (insecure or loopback)
+    scheme = "http" if loopback else "https"
+    challenge = _probe(ref.registry, scheme, verify)
+    # Registries behind htpasswd answer "Basic", token servers "Bearer".
+    backend = "basic" if challenge.lower().startswith("basic") else "token"
+    registry = _Registry(hostname=ref.registry, insecure=loopback, tls_verify=verify, auth_backend=backend)
+    container = registry.get_container(f"{ref.registry}/{ref.repository}:{ref.tag or 'latest'}")
+    found = credentials.from_environment()
+    if found:
+        registry.auth.set_basic_auth(found.username, found.password)
+    else:
+        registry.auth.load_configs(container, configs=_auth_files())
+        if backend == "basic" and not getattr(registry.auth, "_basic_auth", None):
+            raise _refused(ref)
+    try:
+        yield registry, container
+    finally:
+        registry.session.close()
+
+
+def _auth_files() -> list[str]:
+    """The containers auth file (skopeo login), besides ~/.docker/config.json that oras-py always reads."""
+    candidates = [os.environ.get("REGISTRY_AUTH_FILE", "")]
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        candidates.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "containers", "auth.json"))
+    return [path for path in candidates if path and os.path.isfile(path)]
+
+
+def _probe(host: str, scheme: str, verify: bool) -> str:
+    """GET /v2/ once, quickly: the registry's auth challenge, or RegistryError if it does not answer."""
+    try:
+        response = requests.get(f"{scheme}://{host}/v2/", timeout=PROBE_TIMEOUT, verify=verify)
+    except requests.exceptions.SSLError:
+        raise RegistryError(f"the registry {host} has a certificate that cannot be verified",
+                            "install its CA certificate, or pass --insecure if you trust it") from None
+    except requests.RequestException:
+        raise RegistryError(f"the registry {host} does not answer",
+                            "check that it is running and that the host and port are right") from None
+    if response.status_code not in (200, 401):
+        raise RegistryError(f"{host} does not answer like a registry (HTTP {response.status_code} on /v2/)",
+                            "check the host and port")
+    return response.headers.get("Www-Authenticate", "")
+
+
+def _request(registry: oras.provider.Registry, ref: ImageRef, method: str, url: str, **kwargs) -> requests.Response:
+    try:
+        return registry.do_request(url, method, **kwargs)
+    except requests.RequestException as exc:
+        raise RegistryError(f"the registry {ref.registry} stopped answering ({type(exc).__name__})",
+                            "check that it is running, then try again") from None
+    except ValueError:  # oras-py: authentication was asked for and could not be given
+        raise _refused(ref) from None
+
+
+def _expect(response: requests.Response, ref: ImageRef, what: str, statuses: tuple[int, ...]) -> None:
+    if response.status_code in statuses:
+        return
+    if response.status_code in (401, 403):
+        raise _refused(ref)
+    if response.status_code == 404:
+        raise RegistryError(f"{ref} does not exist", "check the name and tag")
+    raise RegistryError(f"{what} to {ref.registry} failed: HTTP {response.status_code} {_registry_message(response)}",
+                        "check the registry's log")
+
+
+def _refused(ref: ImageRef) -> RegistryError:
+    return RegistryError(f"the registry {ref.registry} refused the credentials",
+                         f"log in with `skopeo login {ref.registry}` or set "
+                         f"{credentials.USERNAME_VARIABLE} and {credentials.PASSWORD_VARIABLE}")
+
+
+def _registry_message(response: requests.Response) -> str:
+    try:
+        errors = response.json().get("errors") or []
+        return "; ".join(str(e.get("message", e)) for e in errors)[:200]
+    except ValueError:
+        return response.reason or ""
+
+
+def _upload(registry: oras.provider.Registry, container: oras.container.Container, ref: ImageRef, path: Path,
+            layer: Descriptor) -> None:
+    try:
+        # Skips blobs the registry already has (a HEAD first), then POST, PATCHes and PUT.
+        response = registry.upload_blob(str(path), container, layer.to_json(), do_chunked=True, chunk_size=CHUNK_SIZE)
+    except requests.RequestException as exc:
+        raise RegistryError(f"the registry {ref.registry} stopped answering ({type(exc).__name__})",
+                            "check that it is running, then try again") from None
+    except ValueError as exc:
+        if "authentication" in str(exc).lower():
+            raise _refused(ref) from None
+        raise RegistryError(f"uploading {path.name} to {ref.registry} failed: {str(exc)[:200]}",
+                            "check the registry's log") from None
+    _expect(response, ref, f"uploading {path.name}", (200, 201, 202))
+
+
+def _fetch_manifest(registry: oras.provider.Registry, container: oras.container.Container, ref: ImageRef) -> Artifact:
+    url = f"{registry.prefix}://{container.manifest_url(ref.digest or ref.tag or 'latest')}"
+    response = _request(registry, ref, "GET", url, headers={"Accept": MANIFEST_MEDIA_TYPE})
+    _expect(response, ref, "reading the manifest", (200,))
+    digest = _sha256_bytes(response.content)
+    for claimed, source in ((ref.digest, "the reference"), (response.headers.get("Docker-Content-Digest"), "the registry")):
+        if claimed and claimed != digest:
+            raise RegistryError(f"the manifest of {ref} has digest {digest}, but {source} says {claimed}",
+                                "the registry served other content than asked for; do not use it")
+    manifest = json.loads(response.content)
+    if manifest.get("mediaType", MANIFEST_MEDIA_TYPE) != MANIFEST_MEDIA_TYPE:
+        raise RegistryError(f"{ref} is a {manifest.get('mediaType')}, not an OCI manifest", "pull it with skopeo instead")
+    return Artifact(
+        str(ref),
+        digest,
+        manifest.get("artifactType") or manifest.get("config", {}).get("mediaType", ""),
+        tuple(Descriptor.from_json(layer) for layer in manifest.get("layers", [])),
+        dict(manifest.get("annotations") or {}),
+    )
+
+
+def _download(registry: oras.provider.Registry, container: oras.container.Container, ref: ImageRef,
+              layer: Descriptor, destination: Path) -> None:
+    """Stream one blob to `destination`, checking its size and digest."""
+    hasher = hashlib.sha256()
+    size = 0
+    url = f"{registry.prefix}://{container.get_blob_url(layer.digest)}"
+    response = _request(registry, ref, "GET", url, stream=True)
+    with response:
+        _expect(response, ref, f"downloading {layer.title or layer.digest}", (200,))
+        with open(destination, "wb") as out:
+            for chunk in response.iter_content(chunk_size=1 << 20):
+                hasher.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
+    digest = f"sha256:{hasher.hexdigest()}"
+    if digest != layer.digest or size != layer.size:
+        raise RegistryError(
+            f"{layer.title or 'a layer'} of {ref} came back as {digest} ({size} bytes), not {layer.digest} ({layer.size} bytes)",
+            "the registry's copy is damaged or was replaced; push it again",
+        )
+
+
+def _safe_name(layer: Descriptor) -> str:
+    """The layer's title as a plain file name; a title with a path in it is refused."""
+    name = layer.title
+    if not name or name in (".", "..") or "/" in name or "\\" in name or "\0" in name:
+        raise ToolkitError(f"a layer of the artifact has an unusable file name {name!r}",
+                           "only artifacts whose layers have plain file names as titles can be pulled")
+    return name
+
+
+def _sha256_bytes(data: bytes) -> str:
+    return f"sha256:{hashlib.sha256(data).hexdigest()}"
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _human(size: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size} B"

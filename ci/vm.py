@@ -1,0 +1,313 @@
+"""NixOS VM images: the user's settings, the qcow2 build in the builder
+container, running it with qemu, and moving it through registries.
+
+The SSH keys, host name and disk size are the user's, read from their
+configuration at run time and handed to nix/vm.nix as a JSON file; none is
+ever written in the repository. An image nobody could log into is refused
+before anything runs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import cidata, docker, oras, qemu
+from .errors import BuildFailed, CommandFailed, ConfigError, ImageNotFound, NetworkUnavailable, ToolkitError
+from .run import check_port_free
+
+log = logging.getLogger(__name__)
+
+# The OCI artifact a VM image travels as: one layer for the disk, one for its seed.
+ARTIFACT_TYPE = "application/vnd.nix-ci.vm-image.v1"
+DISK_MEDIA_TYPE = "application/vnd.nix-ci.vm-image.disk.v1.qcow2"
+SEED_MEDIA_TYPES = {
+    "vfat": "application/vnd.nix-ci.vm-image.cidata.v1.vfat",
+    "iso9660": "application/vnd.nix-ci.vm-image.cidata.v1.iso9660",
+}
+VIRTUAL_SIZE_ANNOTATION = "io.github.nix-ci.vm.virtual-size"
+
+NO_KEY_HINT = ("pass --ssh-key-file ~/.ssh/id_ed25519.pub (or --ssh-key 'ssh-ed25519 AAAA...'), or list key files "
+               "under vm.ssh_key_files in ~/.invoke.yaml or in INVOKE_VM_SSH_KEY_FILES (':'-separated)")
+
+_PUBLIC_KEY = re.compile(
+    r"^(?:(?P<options>\S+)\s+)??"
+    r"(?P<type>ssh-(?:ed25519|rsa|dss)|ecdsa-sha2-nistp(?:256|384|521)|sk-(?:ssh-ed25519|ecdsa-sha2-nistp256)@openssh\.com)"
+    r"\s+(?P<key>[A-Za-z0-9+/]+={0,3})(?:\s+.*)?$"
+)
+_USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
+
+# Where the build inputs go in the builder container.
+BUILD_DIR = "/vm-build"
+
+
+@dataclass(frozen=True)
+class VmSettings:
+    """What nix/vm.nix is told about the user's VM."""
+
+    authorized_keys: tuple[str, ...]
+    user: str = "nixos"
+    hostname: str = "nixos"
+    disk_size: int | str = 8192  # MiB, or "auto"
+
+    def to_json(self) -> str:
+        """The settingsFile nix/vm.nix reads."""
+        return json.dumps({"authorizedKeys": list(self.authorized_keys), "user": self.user,
+                           "hostName": self.hostname, "diskSize": self.disk_size}, indent=2) + "\n"
+
+
+def as_list(value: object, separator: str) -> list[str]:
+    """A config value that may be a list (invoke.yaml) or one string (an INVOKE_* variable)."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(separator) if part.strip()]
+    return [str(part) for part in value]  # type: ignore[attr-defined]
+
+
+def read_keys(keys: Iterable[str], key_files: Iterable[str]) -> tuple[str, ...]:
+    """The public keys given directly and those in `key_files`, checked; duplicates dropped."""
+    found: list[str] = []
+    for key in keys:
+        found.append(check_key(key, "--ssh-key"))
+    for name in key_files:
+        path = Path(name).expanduser()
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or "not a text file"
+            raise ConfigError(f"cannot read the SSH key file {path}: {reason}",
+                              "give the path of a public key file, e.g. ~/.ssh/id_ed25519.pub") from None
+        if "PRIVATE KEY" in text:
+            raise ConfigError(f"{path} is a private key", f"give its public half instead: {path}.pub")
+        lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        if not lines:
+            raise ConfigError(f"the SSH key file {path} holds no key", "give a file with at least one public key line")
+        found += [check_key(line, str(path)) for line in lines]
+    return tuple(dict.fromkeys(found))
+
+
+def check_key(line: str, source: str) -> str:
+    if not _PUBLIC_KEY.match(line.strip()):
+        shown = line.strip()[:40] + ("..." if len(line.strip()) > 40 else "")
+        raise ConfigError(f"'{shown}' from {source} is not an SSH public key",
+                          "give lines such as `ssh-ed25519 AAAA... me@laptop` (the content of a .pub file)")
+    return line.strip()
+
+
+def settings(*, keys: Iterable[str], key_files: Iterable[str], user: str, hostname: str,
+             disk_size: int | str) -> VmSettings:
+    """The checked settings; ConfigError if no key is given: nobody could log in."""
+    authorized = read_keys(keys, key_files)
+    if not authorized:
+        raise ConfigError("no SSH public key is configured, so nobody could log into the VM", NO_KEY_HINT)
+    if not _USER.match(user):
+        raise ConfigError(f"'{user}' is not a valid user name", "use lowercase letters, digits, '_' and '-'")
+    cidata.check_hostname(hostname)
+    return VmSettings(authorized, user, hostname, _disk_size(disk_size))
+
+
+def _disk_size(value: int | str) -> int | str:
+    if str(value) == "auto":
+        return "auto"
+    try:
+        size = int(value)
+    except ValueError:
+        size = 0
+    if size < 1024:
+        raise ConfigError(f"disk size '{value}' is not a number of MiB of at least 1024, nor 'auto'",
+                          "set vm.disk_size (MiB), e.g. 8192")
+    return size
+
+
+@dataclass(frozen=True)
+class BuiltImage:
+    """A qcow2 build-vm wrote, as qemu-img reads it."""
+
+    path: Path
+    size: int  # bytes on the host
+    virtual_size: int  # bytes the guest sees
+    store_path: str  # where Nix put it in the builder
+    kvm: bool  # whether the build's VM had KVM
+
+
+def build_vm(root: Path, *, builder: str, expression: str, pkgs: str, vm_settings: VmSettings,
+             output: Path, accel: qemu.Acceleration) -> BuiltImage:
+    """nix-build the image attribute of `expression` in a container of `builder`, and copy the qcow2 to `output`."""
+    for what, relative in (("VM expression", expression), ("package set", pkgs)):
+        if not (root / relative).exists():
+            raise ConfigError(f"the {what} {relative} does not exist under {root}",
+                              f"set vm.{'expression' if what == 'VM expression' else 'pkgs'} to a path of the project")
+    docker.require_image(builder, "build it with `invoke build-base` (offline: `invoke build-base --from-debian`)")
+    output = output.absolute()
+    try:
+        output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot write under {output.parent}: {exc.strerror}", "choose a writable directory") from None
+    command = [
+        "nix-build", f"{BUILD_DIR}/{expression}", "-A", "image", "--no-out-link",
+        "--arg", "pkgs", f"import {BUILD_DIR}/{pkgs} {{ }}",
+        "--argstr", "settingsFile", f"{BUILD_DIR}/settings.json",
+        # make-disk-image runs in a qemu VM and asks for the kvm feature; without
+        # /dev/kvm its qemu falls back to TCG, slowly but correctly.
+        "--option", "system-features", "kvm nixos-test benchmark big-parallel",
+    ]
+    log.info("building %s in %s (%s)", expression, builder, accel.reason)
+    inputs = _inputs_tar(root, [expression, pkgs], vm_settings)
+    with docker.one_off_container(builder, command, files=inputs,
+                                  devices=[str(qemu.KVM_DEVICE)] if accel.kvm else []) as container:
+        finished = container.run(lambda line: log.info("%s", line))
+        if finished.status != 0:
+            raise _build_error(expression, pkgs, finished)
+        store_path = _store_path(finished.stdout)
+        with tempfile.TemporaryDirectory(prefix=".build-vm-", dir=output.parent) as work:
+            partial = _extract_qcow2(container.copy_out(store_path), Path(work), store_path)
+            info = qemu.disk_info(partial)
+            if info.format != "qcow2":
+                raise BuildFailed(f"{expression} built a {info.format} disk, not a qcow2",
+                                  "build the image attribute of nix/vm.nix")
+            qemu.check_disk(partial)
+            os.chmod(partial, 0o644)
+            os.replace(partial, output)
+    return BuiltImage(output, output.stat().st_size, info.virtual_size, store_path, accel.kvm)
+
+
+def _inputs_tar(root: Path, paths: list[str], vm_settings: VmSettings) -> bytes:
+    """The directories holding `paths` (relative to `root`) and settings.json, under BUILD_DIR."""
+    buffer = io.BytesIO()
+    folders = sorted({str(Path(p).parent if (root / p).is_file() else Path(p)) for p in paths})
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        for folder in folders:
+            archive.add(root / folder, arcname=f"{BUILD_DIR.lstrip('/')}/{folder}")
+        data = vm_settings.to_json().encode()
+        entry = tarfile.TarInfo(f"{BUILD_DIR.lstrip('/')}/settings.json")
+        entry.size, entry.mode = len(data), 0o600
+        archive.addfile(entry, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def _store_path(stdout: str) -> str:
+    paths = [line.strip() for line in stdout.splitlines() if line.strip().startswith("/nix/store/")]
+    if not paths:
+        raise BuildFailed("nix-build printed no store path", "check the expression's image attribute")
+    return paths[-1]
+
+
+def _build_error(expression: str, pkgs: str, finished: docker.Finished) -> ToolkitError:
+    if docker.looks_offline(finished.stderr_tail):
+        return NetworkUnavailable(
+            f"the VM build needs sources that are not in the builder's store ({pkgs} or a package): no network",
+            "build the builder with network access (`invoke build-base`), or use a builder whose store holds them",
+            details=finished.stderr_tail,
+        )
+    errors = re.findall(r"^error:\s*(.+)$", finished.stderr_tail, re.M)
+    reason = errors[0].strip() if errors else f"exit {finished.status}"
+    return BuildFailed(f"the Nix build of {expression} failed: {reason}",
+                       "the end of the build log is above", details=finished.stderr_tail)
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file object over an iterator of byte chunks, for tarfile's stream mode."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        while not self._pending:
+            try:
+                self._pending = next(self._chunks)
+            except StopIteration:
+                return 0
+        size = min(len(buffer), len(self._pending))
+        buffer[:size] = self._pending[:size]
+        self._pending = self._pending[size:]
+        return size
+
+
+def _extract_qcow2(stream: Iterator[bytes], work: Path, store_path: str) -> Path:
+    """The one .qcow2 file of the tar stream, written to `work`."""
+    with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(stream), 1 << 20), mode="r|") as archive:
+        for member in archive:
+            if member.isfile() and member.name.endswith(".qcow2"):
+                target = work / "image.qcow2"
+                source = archive.extractfile(member)
+                assert source is not None  # a regular file always has contents
+                with open(target, "wb") as out:
+                    shutil.copyfileobj(source, out, 1 << 20)
+                return target
+    raise BuildFailed(f"the build result {store_path} holds no .qcow2 file", "build the image attribute of nix/vm.nix")
+
+
+def prepare_vm(image: Path, seed: Path | None, *, host: str, port: int, memory: int, cpus: int,
+               want_kvm: bool, cpu: str | None = None) -> qemu.VmSpec:
+    """Check the image, the seed disk and the port, and choose the acceleration: what run-vm will start."""
+    if not image.is_file():
+        raise ImageNotFound(f"the VM image {image} does not exist", "build it with `invoke build-vm`, or pass --image PATH")
+    info = qemu.disk_info(image)
+    if info.format != "qcow2":
+        raise ConfigError(f"{image} is a {info.format} disk, not a qcow2", "pass the qcow2 that `invoke build-vm` wrote")
+    if seed is not None:
+        if not seed.is_file():
+            raise ConfigError(f"the seed disk {seed} does not exist", "make it with `invoke cidata`, or pass --without-seed")
+        cidata.detect_format(seed)
+    check_port_free(host, port, "stop what uses it (another run-vm?) or pass --port")
+    accel = qemu.acceleration(want_kvm)
+    if not accel.kvm:
+        log.warning("%s", accel.reason)
+    return qemu.VmSpec(image=image.absolute(), seed=seed.absolute() if seed else None, accel=accel,
+                       ssh_host=host, ssh_port=port, memory_mib=memory, cpus=cpus, cpu=cpu)
+
+
+def start(spec: qemu.VmSpec) -> None:
+    """Run the VM on this terminal until it powers off (or qemu is told to quit)."""
+    code = qemu.run_vm(spec)
+    if code != 0:
+        raise CommandFailed(f"qemu-system-x86_64 exited {code}",
+                            "its message is above; if it is about the CPU or an MSR, set vm.cpu (e.g. qemu64)")
+
+
+def ssh_command(user: str, host: str, port: int) -> str:
+    """Each boot of a snapshot VM makes new host keys, so known_hosts is not kept for it."""
+    return (f"ssh -p {port} -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null "
+            f"{user}@{host}")
+
+
+def push_vm(reference: str, image: Path, seed: Path | None, *, insecure: bool = False) -> oras.Artifact:
+    """Push the qcow2 (and its seed disk) as one OCI artifact of type ARTIFACT_TYPE."""
+    if not image.is_file():
+        raise ImageNotFound(f"the VM image {image} does not exist", "build it with `invoke build-vm`, or pass --image PATH")
+    info = qemu.disk_info(image)
+    if info.format != "qcow2":
+        raise ConfigError(f"{image} is a {info.format} disk, not a qcow2", "pass the qcow2 that `invoke build-vm` wrote")
+    blobs = [oras.Blob(image, DISK_MEDIA_TYPE, annotations={VIRTUAL_SIZE_ANNOTATION: str(info.virtual_size)})]
+    if seed is not None:
+        if not seed.is_file():
+            raise ConfigError(f"the seed disk {seed} does not exist", "make it with `invoke cidata`, or pass --without-seed")
+        blobs.append(oras.Blob(seed, SEED_MEDIA_TYPES[cidata.detect_format(seed)]))
+    return oras.push(reference, blobs, artifact_type=ARTIFACT_TYPE, insecure=insecure)
+
+
+def pull_vm(reference: str, directory: Path, *, insecure: bool = False) -> oras.Pulled:
+    """Pull a VM image artifact; every file is checked against its digest, and the disk must be a qcow2."""
+    artifact = oras.inspect(reference, insecure=insecure)
+    if artifact.artifact_type != ARTIFACT_TYPE:
+        raise ConfigError(f"{reference} is not a VM image (its artifact type is '{artifact.artifact_type}')",
+                          "pull it with a tool that knows that type")
+    pulled = oras.pull(artifact.pinned, directory, insecure=insecure)
+    for layer, path in zip(pulled.artifact.layers, pulled.files, strict=True):
+        if layer.media_type == DISK_MEDIA_TYPE and qemu.disk_info(path).format != "qcow2":
+            raise ToolkitError(f"{path} is not a qcow2 disk although the artifact says so", "push the image again")
+    return pulled
