@@ -2,19 +2,32 @@
 configuration (defaults below, then invoke.yaml, then INVOKE_* environment
 variables, then flags) and calls one function of the ci package."""
 
+import os
 from pathlib import Path
 
 from invoke import Collection, task
 
-from ci import build, nix, run, transfer
+from ci import build, github, nix, qemu, run, transfer, vm
+from ci import cidata as ci_cidata
+from ci import workflows as ci_workflows
+from ci.build import BuilderSettings
+from ci.cache import CacheSettings
 from ci.edge import report_errors, say
 from ci.project import Project
 
-ROOT = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent
 
 
 def _project(c):
-    return Project(ROOT, c.web.pkgs, c.web.images)
+    return Project(Path(c.project.root or HERE), c.web.pkgs, c.web.images)
+
+
+def _builder(c, from_debian=False, tool=None, refresh_builder=False):
+    return BuilderSettings(c.builder.image, from_debian or c.builder.from_debian, tool or c.builder.tool, refresh_builder)
+
+
+def _cache(c, registry=None):
+    return CacheSettings(c.builder.base, c.builder.cache, registry or c.builder.registry, c.builder.max_age_days)
 
 
 BUILDER_HELP = {
@@ -28,30 +41,36 @@ BUILDER_HELP = {
 @report_errors
 def build_base(c, from_debian=False, tool=None, refresh_builder=False):
     """Build nix-base: the Nix builder with the pinned package set in its store."""
-    image = build.build_base(_project(c), builder=c.builder.image, base=c.builder.base,
-                             from_debian=from_debian, tool=tool or c.builder.tool,
-                             refresh_builder=refresh_builder)
+    image = build.build_base(_project(c), _builder(c, from_debian, tool, refresh_builder), base=c.builder.base)
     say(f"{c.builder.base} {image.id}")
 
 
-@task(help=BUILDER_HELP)
+@task(help={**BUILDER_HELP, "push": "also push nix-base and nix-cache to this namespace (REGISTRY/PATH), "
+                                     "tagged by date, by package set (pkgs-<hash>) and latest"})
 @report_errors
-def build_cache(c, from_debian=False, tool=None, refresh_builder=False):
+def build_cache(c, from_debian=False, tool=None, refresh_builder=False, push=None):
     """Build nix-base, then nix-cache: the builder with tools and the web closure pre-built."""
-    image = build.build_cache_chain(_project(c), builder=c.builder.image, base=c.builder.base,
-                                    cache=c.builder.cache, from_debian=from_debian,
-                                    tool=tool or c.builder.tool, refresh_builder=refresh_builder)
+    image = build.build_cache(_project(c), _builder(c, from_debian, tool, refresh_builder), _cache(c))
     say(f"{c.builder.cache} {image.id}")
+    github.report("build-cache", github.built(c.builder.cache, image))
+    for pushed in build.publish_cache(_project(c), _cache(c), push) if push else []:
+        say(pushed.line())
+        github.report("build-cache", github.pushed(pushed))
 
 
-@task(help={"complete": "build in one multi-stage docker build (skopeo + umoci + FROM scratch) "
-                        "instead of streaming the image out of a builder container"})
+@task(help={
+    "complete": "build in one multi-stage docker build (skopeo + umoci + FROM scratch) "
+                "instead of streaming the image out of a builder container",
+    "cache-from": "namespace (REGISTRY/PATH) to pull nix-cache from when there is no local one "
+                  "(default builder.registry)",
+})
 @report_errors
-def build_web(c, complete=False):
+def build_web(c, complete=False, cache_from=None):
     """Build the web image and load it into Docker as web:<tag> and web:latest."""
-    image = build.build_web(_project(c), name=c.web.name, cache=c.builder.cache, complete=complete)
+    image = build.build_web(_project(c), _builder(c), _cache(c, cache_from), name=c.web.name, complete=complete)
     for tag in image.tags:
         say(f"{tag} {image.id}")
+    github.report("build-web", github.built(c.web.name, image))
 
 
 @task(help={"port": "host port on 127.0.0.1 (default web.port, 9000)"})
@@ -73,7 +92,8 @@ def stop_web(c):
 
 @task(iterable=["to"], help={
     "image": "image to push (web)",
-    "to": "destination, repeatable: docker://REGISTRY/NAME[:TAG] or oci:DIR[:TAG]",
+    "to": "destination, repeatable: docker://REGISTRY/NAME[:TAG] or oci:DIR[:TAG]; "
+          "without a tag, every tag of the image (id-…, date, latest last)",
     "insecure": "skip TLS verification for non-loopback registries (loopback ones never verify)",
 })
 @report_errors
@@ -81,7 +101,8 @@ def push(c, image, to, insecure=False):
     """Copy a built image to registries or OCI layouts and print each digest."""
     ref = transfer.local_image(image, known=[c.web.name])
     for pushed in transfer.push(ref, to, insecure=insecure):
-        say(f"{pushed.destination} {pushed.digest}")
+        say(pushed.line())
+        github.report("push", github.pushed(pushed))
 
 
 @task(help={
@@ -99,15 +120,145 @@ def extract(c, image, to):
 @report_errors
 def check_nix(c):
     """Check that every Nix file of the project parses (needs Nix on the host, no nixpkgs)."""
-    files = nix.parse_all(ROOT)
+    files = nix.parse_all(_project(c).root)
     say(f"{len(files)} Nix files parse")
 
 
-ns = Collection(build_base, build_cache, build_web, run_web, stop_web, push, extract, check_nix)
+@task(help={
+    "check": "fail (one line naming file, job and step) unless every workflow runs only real tasks and flags, "
+             "every task declared for CI has its workflow, and the files pass the schema and actionlint",
+    "dir": "workflow directory to read (default .github/workflows of the project)",
+})
+@report_errors
+def workflows(c, check=False, dir=None):
+    """Show which invoke commands each GitHub workflow runs; --check proves they mirror the tasks."""
+    root = Path(c.project.root or HERE)
+    directory = Path(dir) if dir else root / ci_workflows.DIRECTORY
+    if not check:
+        for line in ci_workflows.mirror(directory, root):
+            say(line)
+        return
+    report = ci_workflows.check(directory, root, ns)
+    say(f"ok: {report.files} workflow files, {report.invocations} invoke commands, all real; "
+        f"schema valid; actionlint {report.actionlint}")
+
+
+def _path(c, flag, configured):
+    """A path given on the command line is relative to where invoke runs; one from the configuration, to the project."""
+    return Path(flag).absolute() if flag else Path(c.project.root or HERE) / configured
+
+
+@task(iterable=["ssh_key", "ssh_key_file"], help={
+    "ssh_key": "an SSH public key allowed to log in (repeatable); replaces vm.ssh_keys and vm.ssh_key_files",
+    "ssh_key_file": "a public key file, e.g. ~/.ssh/id_ed25519.pub (repeatable); replaces vm.ssh_keys and vm.ssh_key_files",
+    "hostname": "the VM's host name (default vm.hostname, nixos)",
+    "disk_size": "disk size in MiB, or auto (default vm.disk_size, 8192)",
+    "output": "where to write the qcow2 (default vm.image, build/vm/nixos.qcow2)",
+    "kvm": "give the build's VM /dev/kvm when usable (default); --no-kvm builds with TCG emulation, much slower",
+})
+@report_errors
+def build_vm(c, ssh_key=None, ssh_key_file=None, hostname=None, disk_size=None, output=None, kvm=True):
+    """Build the NixOS VM image (qcow2) in the builder container; print its path and size."""
+    given = bool(ssh_key or ssh_key_file)
+    settings = vm.settings(
+        keys=ssh_key if given else vm.as_list(c.vm.ssh_keys, "\n"),
+        key_files=ssh_key_file if given else vm.as_list(c.vm.ssh_key_files, os.pathsep),
+        user=c.vm.user, hostname=hostname or c.vm.hostname, disk_size=disk_size or c.vm.disk_size,
+    )
+    accel = qemu.acceleration(kvm)
+    built = vm.build_vm(Path(c.project.root or HERE), builder=c.builder.base, expression=c.vm.expression,
+                        pkgs=c.web.pkgs, vm_settings=settings, output=_path(c, output, c.vm.image), accel=accel)
+    say(f"{built.path} {built.size} bytes ({built.virtual_size} bytes virtual)")
+
+
+@task(help={
+    "user_data": "user-data file (default: an empty #cloud-config)",
+    "meta_data": "meta-data file (default: made from --hostname and --instance-id)",
+    "network_config": "network-config file (optional)",
+    "vendor_data": "vendor-data file (optional)",
+    "hostname": "local-hostname in the meta-data made (default vm.hostname, nixos)",
+    "instance_id": "instance-id in the meta-data made (default: derived from the user-data)",
+    "output": "where to write the disk (default vm.seed, build/vm/cidata.img)",
+    "format": "vfat (default vm.seed_format) or iso9660",
+})
+@report_errors
+def cidata(c, user_data=None, meta_data=None, network_config=None, vendor_data=None, hostname=None,
+           instance_id=None, output=None, format=None):
+    """Make a cloud-init NoCloud seed disk (label cidata) and check it by reading it back."""
+    def given(path):
+        return Path(path).expanduser() if path else None
+
+    seed = ci_cidata.make_seed(
+        _path(c, output, c.vm.seed), fmt=format or c.vm.seed_format,
+        user_data=given(user_data), meta_data_file=given(meta_data),
+        network_config=given(network_config), vendor_data=given(vendor_data),
+        hostname=hostname or (None if meta_data else c.vm.hostname), instance_id=instance_id,
+    )
+    say(f"{seed.path} {seed.format} {seed.size} bytes {seed.digest} ({', '.join(f.name for f in seed.files)})")
+
+
+@task(help={
+    "image": "the qcow2 to boot (default vm.image); never written: snapshot mode",
+    "seed": "the cloud-init seed disk (default vm.seed)",
+    "without_seed": "boot without a seed disk",
+    "port": "host port on 127.0.0.1 forwarded to the VM's SSH (default vm.ssh_port, 2222)",
+    "memory": "memory in MiB (default vm.memory, 2048)",
+    "cpus": "virtual CPUs (default vm.cpus, 2)",
+    "kvm": "use KVM when /dev/kvm is usable (default); --no-kvm emulates with TCG",
+})
+@report_errors
+def run_vm(c, image=None, seed=None, without_seed=False, port=None, memory=None, cpus=None, kvm=True):
+    """Boot the VM image with qemu on this terminal (serial console; Ctrl-a x quits); print the SSH command."""
+    spec = vm.prepare_vm(_path(c, image, c.vm.image), None if without_seed else _path(c, seed, c.vm.seed),
+                         host=c.vm.host, port=int(port or c.vm.ssh_port), memory=int(memory or c.vm.memory),
+                         cpus=int(cpus or c.vm.cpus), want_kvm=kvm, cpu=c.vm.cpu)
+    say(vm.ssh_command(c.vm.user, spec.ssh_host, spec.ssh_port))
+    vm.start(spec)
+
+
+@task(help={
+    "to": "destination REGISTRY/NAME[:TAG], e.g. 127.0.0.1:5000/vm/nixos:1",
+    "image": "the qcow2 to push (default vm.image)",
+    "seed": "the seed disk to push with it (default vm.seed, when that file exists)",
+    "without_seed": "push the disk alone",
+    "insecure": "skip TLS verification for non-loopback registries (loopback ones speak plain HTTP)",
+})
+@report_errors
+def push_vm(c, to, image=None, seed=None, without_seed=False, insecure=False):
+    """Push the VM image and its seed disk to a registry as one OCI artifact; print its digest."""
+    seed_path = None if without_seed else _path(c, seed, c.vm.seed)
+    if not seed and seed_path is not None and not seed_path.exists():
+        seed_path = None  # the default seed is optional
+    artifact = vm.push_vm(to, _path(c, image, c.vm.image), seed_path, insecure=insecure)
+    say(artifact.pinned)
+    for layer in artifact.layers:
+        say(f"{layer.title} {layer.digest} {layer.size} {layer.media_type}")
+
+
+@task(help={
+    "source": "the artifact: REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:...",
+    "to": "directory to write the files into (default: the directory of vm.image)",
+    "insecure": "skip TLS verification for non-loopback registries (loopback ones speak plain HTTP)",
+})
+@report_errors
+def pull_vm(c, source, to=None, insecure=False):
+    """Pull a VM image artifact and check every file against its digest; print the files."""
+    directory = Path(to).absolute() if to else _path(c, None, c.vm.image).parent
+    pulled = vm.pull_vm(source, directory, insecure=insecure)
+    say(pulled.artifact.pinned)
+    for layer, path in zip(pulled.artifact.layers, pulled.files, strict=True):
+        say(f"{path} {layer.digest} verified")
+
+
+ns = Collection(build_base, build_cache, build_web, run_web, stop_web, push, extract, check_nix, workflows,
+                build_vm, cidata, run_vm, push_vm, pull_vm)
 ns.configure({
+    "project": {
+        "root": None,  # the build context; None: the directory of this file
+    },
     "web": {
         "name": "web",  # the image name, as the images file sets it
-        "pkgs": "nix/pkgs.nix",  # package set, relative to the project
+        "pkgs": "nix/nixpkgs",  # package set, relative to the project
         "images": "nix/images.nix",  # images file, relative to the project
         "container": "web",  # container name used by run-web and stop-web
         "host": "127.0.0.1",
@@ -117,8 +268,27 @@ ns.configure({
     },
     "builder": {
         "image": None,  # None: the digest-pinned default of images/nix-base.Dockerfile
+        "from_debian": False,  # make the builder from this machine's Debian packages
         "tool": "mmdebstrap",
         "base": "nix-base:latest",
         "cache": "nix-cache:latest",
+        "registry": None,  # namespace holding nix-cache, pulled when the local one is missing
+        "max_age_days": 7,  # older caches still work, with a warning
+    },
+    "vm": {
+        "ssh_keys": None,  # SSH public keys: a list, or one string with a key per line (INVOKE_VM_SSH_KEYS)
+        "ssh_key_files": None,  # public key files: a list, or one ':'-separated string; keep them out of the repo
+        "user": "nixos",  # the login user (wheel, sudo without password)
+        "hostname": "nixos",
+        "disk_size": "8192",  # MiB, or "auto" (just big enough); the root partition grows to the disk at boot
+        "expression": "nix/vm.nix",  # the VM expression, relative to the project
+        "image": "build/vm/nixos.qcow2",  # where build-vm writes and run-vm, push-vm read the image
+        "seed": "build/vm/cidata.img",  # where cidata writes and run-vm, push-vm read the seed disk
+        "seed_format": "vfat",  # or iso9660
+        "host": "127.0.0.1",  # the address run-vm forwards SSH on
+        "ssh_port": 2222,
+        "memory": 2048,  # MiB
+        "cpus": 2,
+        "cpu": None,  # qemu -cpu model; None: host,-arch-capabilities with KVM, max without
     },
 })

@@ -5,17 +5,27 @@ package set, a cache image (nix-cache) pre-builds the tools and the web
 closure, and the web image is built on top of the cache, either streamed out
 of a builder container into the engine (the default flow) or assembled by one
 multi-stage docker build (the complete flow).
+
+build-web does nothing when an image built from the same inputs exists: its
+identity is a hash of everything the build reads (the build context, the
+Dockerfile, the flow) and of the cache image it builds on.
 """
 
 from __future__ import annotations
 
+import datetime
+import json
 import logging
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
-from . import debian, docker
+from . import cache as cache_images
+from . import debian, docker, transfer
+from .cache import CacheSettings
 from .errors import BuildFailed, NetworkUnavailable
 from .project import Project
+from .transfer import IDENTITY_PREFIX, Pushed
 
 log = logging.getLogger(__name__)
 
@@ -27,31 +37,41 @@ OFFLINE_HINT = (
 
 
 @dataclass(frozen=True)
+class BuilderSettings:
+    """Where nix-base comes from."""
+
+    image: str | None  # builder image; None: the digest-pinned default of nix-base.Dockerfile
+    from_debian: bool  # make the builder from this machine's Debian packages instead
+    tool: str  # mmdebstrap or debootstrap, for from_debian
+    refresh: bool = False  # make the Debian builder anew even if one exists
+
+
+@dataclass(frozen=True)
 class WebImage:
     """The result of build-web."""
 
     id: str
-    tags: tuple[str, ...]
+    tags: tuple[str, ...]  # identity, date, latest
     layers: int
     size: int
     flow: str  # "load" or "complete"
+    built: bool  # False when an image with the same inputs already existed
 
 
-def build_base(project: Project, *, builder: str | None, base: str, from_debian: bool, tool: str,
-               refresh_builder: bool = False) -> docker.Image:
-    """Build nix-base from `builder` (default: the Dockerfile's pinned one), or from Debian packages."""
-    builder = builder or project.default_arg("nix-base", "BUILDER_IMAGE")
-    if from_debian:
-        builder = debian.builder_image(tool=tool, refresh=refresh_builder).id
-    elif docker.inspect_image(builder) is None:
-        log.info("pulling the builder image %s", builder)
+def build_base(project: Project, builder: BuilderSettings, *, base: str) -> docker.Image:
+    """Build nix-base from the builder image, or from a builder made of Debian packages."""
+    source = builder.image or project.default_arg("nix-base", "BUILDER_IMAGE")
+    if builder.from_debian:
+        source = debian.builder_image(tool=builder.tool, refresh=builder.refresh).id
+    elif docker.inspect_image(source) is None:
+        log.info("pulling the builder image %s", source)
         try:
-            docker.pull(builder)
+            docker.pull(source)
         except NetworkUnavailable as exc:
-            raise NetworkUnavailable(f"cannot download the builder image {builder}: no network", OFFLINE_HINT) from exc
-    log.info("building %s from %s", base, builder)
+            raise NetworkUnavailable(f"cannot download the builder image {source}: no network", OFFLINE_HINT) from exc
+    log.info("building %s from %s", base, source)
     try:
-        return _build(project, "nix-base", tag=base, BUILDER_IMAGE=builder)
+        return _build(project, "nix-base", tag=base, labels={docker.LABEL: "base"}, BUILDER_IMAGE=source)
     except BuildFailed as exc:
         if docker.looks_offline(exc.details):
             raise NetworkUnavailable(
@@ -62,42 +82,63 @@ def build_base(project: Project, *, builder: str | None, base: str, from_debian:
         raise
 
 
-def build_cache(project: Project, *, base: str, cache: str) -> docker.Image:
-    """Build nix-cache on top of nix-base."""
-    base_image = docker.require_image(base, "build it with `invoke build-cache` (offline: add --from-debian)")
-    log.info("building %s from %s", cache, base)
-    return _build(project, "nix-cache", tag=cache, BASE_IMAGE=base_image.id)
-
-
-def build_cache_chain(project: Project, *, builder: str | None, base: str, cache: str,
-                      from_debian: bool, tool: str, refresh_builder: bool = False) -> docker.Image:
+def build_cache(project: Project, builder: BuilderSettings, settings: CacheSettings) -> docker.Image:
     """build-cache: nix-base, then nix-cache on top of it."""
-    build_base(project, builder=builder, base=base, from_debian=from_debian, tool=tool,
-               refresh_builder=refresh_builder)
-    return build_cache(project, base=base, cache=cache)
+    base = build_base(project, builder, base=settings.base)
+    log.info("building %s from %s", settings.cache, settings.base)
+    return _build(project, "nix-cache", tag=settings.cache, labels=cache_images.labels(project), BASE_IMAGE=base.id)
 
 
-def build_web(project: Project, *, name: str, cache: str, complete: bool) -> WebImage:
-    """Build the web image on top of the cache image; tag it name:<tag> and name:latest."""
-    cache_image = docker.require_image(
-        cache, "build it first with `invoke build-cache` (offline: `invoke build-cache --from-debian`)"
-    )
-    if complete:
-        image = _build(project, "web-complete", CACHE_IMAGE=cache_image.id)
-        identity = f"{name}:{image.id.removeprefix('sha256:')[:32]}"
-        docker.tag(image.id, identity)
+def publish_cache(project: Project, settings: CacheSettings, namespace: str) -> list[Pushed]:
+    """Push nix-base and nix-cache to NAMESPACE/…, tagged by date and package set, latest last."""
+    tags = [datetime.datetime.now(datetime.UTC).date().isoformat(), f"pkgs-{project.package_set_id()}", "latest"]
+    pushed = []
+    for local, name in ((settings.base, "nix-base"), (settings.cache, "nix-cache")):
+        pushed += transfer.push(local, [f"docker://{namespace}/{name}:{tag}" for tag in tags])
+    return pushed
+
+
+def build_web(project: Project, builder: BuilderSettings, settings: CacheSettings, *,
+              name: str, complete: bool) -> WebImage:
+    """Build the web image on top of the cache image, unless one with the same inputs exists.
+
+    Tags: name:id-<inputs>, name:<date>, then name:latest, last, once
+    everything else succeeded.
+    """
+    cache_image = cache_images.find(project, settings)
+    if cache_image is None:
+        log.warning("no cache image: building %s and %s first (invoke build-cache)", settings.base, settings.cache)
+        cache_image = build_cache(project, builder, settings)
+    dockerfile = "web-complete" if complete else "web"
+    args = project.buildargs(dockerfile, CACHE_IMAGE=cache_image.id)
+    identity = project.digest(Path(project.dockerfile(dockerfile)).read_text(), json.dumps(args, sort_keys=True))
+    tags = (f"{name}:{IDENTITY_PREFIX}{identity[:24]}", f"{name}:{project.human_tag()}", f"{name}:latest")
+    image = docker.inspect_image(tags[0])
+    built, nix_tag = image is None, None
+    if image is not None:
+        log.info("%s is up to date: nothing it is built from has changed", tags[0])
+    elif complete:
+        image = _build(project, dockerfile, labels={docker.LABEL: "web"}, **args)
     else:
-        builder = _build(project, "web", CACHE_IMAGE=cache_image.id)
-        try:
-            loaded = docker.stream_into_load(builder.id, ["/result"])
-        finally:
-            docker.remove_image(builder.id)
-        identity = _check_loaded(loaded, name)
-        image = docker.require_image(identity, "docker load reported success but the image is missing")
-    # latest moves last, once the image is complete and tagged.
-    docker.tag(image.id, f"{name}:latest")
-    return WebImage(image.id, (identity, f"{name}:latest"), len(image.layers), image.size,
-                    "complete" if complete else "load")
+        image, nix_tag = _stream_out(project, name, args)
+    for tag in tags:  # latest last
+        docker.tag(image.id, tag)
+    if nix_tag and nix_tag not in tags:
+        docker.untag(nix_tag)  # the tag Nix chose; the toolkit's own replace it
+    return WebImage(image.id, tags, len(image.layers), image.size, "complete" if complete else "load", built)
+
+
+def _stream_out(project: Project, name: str, args: dict[str, str]) -> tuple[docker.Image, str]:
+    """The load flow: build the builder, stream its /result into the engine, remove it.
+
+    Returns the image and the tag Nix gave it."""
+    builder = _build(project, "web", labels={docker.LABEL: "builder"}, **args)
+    try:
+        loaded = docker.stream_into_load(builder.id, ["/result"])
+    finally:
+        docker.remove_image(builder.id)
+    nix_tag = _check_loaded(loaded, name)
+    return docker.require_image(nix_tag, "docker load reported success but the image is missing"), nix_tag
 
 
 def _check_loaded(loaded: list[str], name: str) -> str:
@@ -110,9 +151,10 @@ def _check_loaded(loaded: list[str], name: str) -> str:
     return tags[0]
 
 
-def _build(project: Project, dockerfile: str, *, tag: str | None = None, **args: str) -> docker.Image:
+def _build(project: Project, dockerfile: str, *, tag: str | None = None,
+           labels: dict[str, str] | None = None, **args: str) -> docker.Image:
     try:
-        return docker.build(str(project.root), project.dockerfile(dockerfile), tag=tag,
+        return docker.build(str(project.root), project.dockerfile(dockerfile), tag=tag, labels=labels,
                             buildargs=project.buildargs(dockerfile, **args))
     except BuildFailed as exc:
         nix_error = _nix_error(exc.details)

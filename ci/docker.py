@@ -10,8 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from functools import cache
 from typing import Any
 
@@ -19,10 +21,12 @@ import docker
 import docker.errors
 import requests
 
+from .credentials import Credentials
 from .errors import (
     BuildFailed,
     DockerUnavailable,
     ImageNotFound,
+    IntegrityError,
     NetworkUnavailable,
     RegistryError,
     ToolkitError,
@@ -69,6 +73,8 @@ class Image:
     layers: tuple[str, ...]  # diff IDs, bottom first
     size: int
     config: Mapping[str, Any]
+    architecture: str
+    created: datetime
 
     @classmethod
     def from_attrs(cls, attrs: Mapping[str, Any]) -> Image:
@@ -78,7 +84,24 @@ class Image:
             layers=tuple(attrs.get("RootFS", {}).get("Layers") or ()),
             size=int(attrs.get("Size", 0)),
             config=attrs.get("Config") or {},
+            architecture=attrs.get("Architecture", ""),
+            created=_timestamp(attrs.get("Created", "1970-01-01T00:00:00Z")),
         )
+
+    @property
+    def labels(self) -> Mapping[str, str]:
+        return self.config.get("Labels") or {}
+
+
+def _timestamp(text: str) -> datetime:
+    """Docker's RFC 3339 times carry nanoseconds; Python takes microseconds."""
+    text = re.sub(r"(\.\d{6})\d+", r"\1", text).replace("Z", "+00:00")
+    return datetime.fromisoformat(text)
+
+
+def engine_architecture() -> str:
+    """The engine's CPU in image terms (amd64, arm64, ...)."""
+    return str(client().version().get("Arch", ""))
 
 
 def inspect_image(ref: str) -> Image | None:
@@ -104,6 +127,7 @@ def build(
     *,
     tag: str | None = None,
     buildargs: Mapping[str, str] | None = None,
+    labels: Mapping[str, str] | None = None,
     nocache: bool = False,
 ) -> Image:
     """`docker build` with the classic builder, streaming its steps to the log.
@@ -120,7 +144,7 @@ def build(
             dockerfile=dockerfile,
             tag=tag,
             buildargs=dict(buildargs or {}),
-            labels={LABEL: "build"},
+            labels={LABEL: "build", **(labels or {})},
             rm=True,
             forcerm=True,  # intermediate containers go even when a step fails
             nocache=nocache,
@@ -236,6 +260,16 @@ def load_archive(path: str) -> list[str]:
         return _load(iter(lambda: archive.read(1 << 20), b""))
 
 
+def untag(ref: str) -> None:
+    """Remove the tag `ref` only; the image stays while other tags name it."""
+    try:
+        client().api.remove_image(ref, noprune=True)
+    except docker.errors.ImageNotFound:
+        pass
+    except docker.errors.APIError as exc:
+        raise _api_error(exc, f"cannot remove the tag {ref}") from None
+
+
 def tag(image: str, ref: str) -> None:
     repository, _, tag_ = ref.rpartition(":")
     try:
@@ -265,28 +299,44 @@ def import_rootfs(tarball: str, repository: str, tag_: str, changes: list[str]) 
     return require_image(f"{repository}:{tag_}", "docker import reported success but the image is missing")
 
 
-def pull(ref: str, auth: Mapping[str, str] | None = None) -> Image:
-    """Pull `ref`, logging progress; NetworkUnavailable/RegistryError when it cannot."""
-    repository, sep, tag_ = ref.rpartition(":")
-    if not sep or "/" in tag_:
-        repository, tag_ = ref, "latest"
-    if "@" in ref:
-        repository, tag_ = ref, None
+def pull(ref: str, auth: Credentials | None = None) -> Image:
+    """Pull `ref`, logging progress.
+
+    NetworkUnavailable without network, RegistryError when the registry does
+    not answer, refuses, or lacks the image, IntegrityError when what it
+    sends does not match its digests.
+    """
+    repository, tag_ = ref, None
+    if "@" not in ref:
+        name, sep, maybe_tag = ref.rpartition(":")
+        repository, tag_ = (name, maybe_tag) if sep and "/" not in maybe_tag else (ref, "latest")
     try:
-        for chunk in client().api.pull(repository, tag=tag_, stream=True, decode=True, auth_config=dict(auth) if auth else None):
+        for chunk in client().api.pull(repository, tag=tag_, stream=True, decode=True,
+                                       auth_config={"username": auth.username, "password": auth.password} if auth else None):
             if "error" in chunk:
-                raise RegistryError(f"cannot pull {ref}: {chunk['error']}")
+                raise _pull_error(ref, chunk["error"])
             if chunk.get("status") and not chunk.get("progressDetail"):
                 log.info("%s %s", chunk.get("id", ""), chunk["status"])
     except docker.errors.APIError as exc:
-        text = str(exc.explanation or exc)
-        if looks_offline(text):
-            raise NetworkUnavailable(f"cannot pull {ref}: the registry cannot be reached (no network?)") from None
-        if "unauthorized" in text or "authentication required" in text or "denied" in text:
-            raise RegistryError(f"cannot pull {ref}: the registry refused the credentials",
-                                "log in (docker login / skopeo login) or set REGISTRY_USERNAME and REGISTRY_PASSWORD") from None
-        raise RegistryError(f"cannot pull {ref}: {text.splitlines()[0][:200]}") from None
+        raise _pull_error(ref, str(exc.explanation or exc)) from None
     return require_image(ref, "the pull reported success but the image is missing")
+
+
+def _pull_error(ref: str, text: str) -> ToolkitError:
+    registry = ref.split("/", 1)[0]
+    if re.search(r"verification failed|digest mismatch|did not match|unexpected EOF|invalid tar header", text, re.I):
+        return IntegrityError(f"{ref} is corrupt: the registry sent data that does not match its digest",
+                              "push the image again, or check the registry's storage")
+    if re.search(r"unauthorized|authentication required|denied", text, re.I):
+        return RegistryError(f"the registry {registry} refused the credentials for {ref}",
+                             "log in (docker login) or set REGISTRY_USERNAME and REGISTRY_PASSWORD")
+    if re.search(r"manifest unknown|not found|does not exist", text, re.I):
+        return RegistryError(f"{ref} does not exist", "check the name and tag, or push it first")
+    if re.search(r"connection refused|connection reset", text, re.I):
+        return RegistryError(f"the registry {registry} does not answer", "check that it runs, and the host and port")
+    if looks_offline(text):
+        return NetworkUnavailable(f"cannot pull {ref}: the registry cannot be reached (no network?)")
+    return RegistryError(f"cannot pull {ref}: {text.strip().splitlines()[0][:200]}")
 
 
 OFFLINE_PHRASES = (
@@ -371,3 +421,71 @@ def _quietly(action: Any) -> None:
 def _api_error(exc: docker.errors.APIError, what: str) -> ToolkitError:
     text = str(exc.explanation or exc).strip()
     return ToolkitError(f"{what}: {text.splitlines()[0][:300] if text else type(exc).__name__}")
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A one-off container that ran to its end."""
+
+    status: int
+    stdout: str
+    stderr_tail: str
+
+
+class OneOffContainer:
+    """A container made for one command: files go in before it starts, its
+    stderr is streamed to a callback, files come out after it ends."""
+
+    def __init__(self, container_id: str) -> None:
+        self.id = container_id
+
+    def run(self, on_line: Callable[[str], None]) -> Finished:
+        api = client().api
+        tail: list[str] = []
+        try:
+            api.start(self.id)
+            pending = b""
+            for chunk in api.logs(self.id, stdout=False, stderr=True, stream=True, follow=True):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    text = line.decode(errors="replace").rstrip("\r")
+                    tail = (tail + [text])[-BUILD_TAIL:]
+                    on_line(text)
+            status = api.wait(self.id)["StatusCode"]
+            stdout = api.logs(self.id, stdout=True, stderr=False).decode(errors="replace")
+        except docker.errors.APIError as exc:
+            raise _api_error(exc, "running the build container failed") from None
+        return Finished(status, stdout, "\n".join(tail))
+
+    def copy_out(self, path: str) -> Iterator[bytes]:
+        """A tar stream of `path` in the (stopped) container."""
+        try:
+            stream, _ = client().api.get_archive(self.id, path, chunk_size=1 << 20)
+        except docker.errors.APIError as exc:
+            raise _api_error(exc, f"cannot copy {path} out of the build container") from None
+        return stream
+
+
+@contextmanager
+def one_off_container(image: str, command: list[str], *, files: bytes | None = None,
+                      devices: Sequence[str] = ()) -> Iterator[OneOffContainer]:
+    """A container of `image` for `command`, with the tar archive `files` unpacked
+    at / and the host `devices` passed in; removed on leaving, whatever happened."""
+    api = client().api
+    try:
+        container = api.create_container(
+            image, command=command, labels={LABEL: "one-off"},
+            host_config=api.create_host_config(devices=[f"{d}:{d}:rwm" for d in devices]),
+        )["Id"]
+    except docker.errors.ImageNotFound:
+        raise ImageNotFound(f"image {image} is not in the local Docker engine",
+                            "build it with `invoke build-base` (offline: add --from-debian)") from None
+    except docker.errors.APIError as exc:
+        raise _api_error(exc, f"cannot create a container of {image}") from None
+    try:
+        if files is not None and not api.put_archive(container, "/", files):
+            raise ToolkitError(f"cannot copy the build inputs into a container of {image}")
+        yield OneOffContainer(container)
+    finally:
+        _quietly(lambda: api.remove_container(container, force=True))

@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 
 from invoke.exceptions import Exit
 
+from . import github
 from .errors import ToolkitError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -42,10 +43,12 @@ def report_errors(function: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         setup_logging()
         try:
-            return function(*args, **kwargs)
+            with github.group(f"invoke {function.__name__.replace('_', '-')}"):  # on GitHub: the task's log folds
+                return function(*args, **kwargs)
         except ToolkitError as exc:
             if exc.details:
                 print(exc.details, file=sys.stderr)
+            github.error(exc.line(), title=f"invoke {function.__name__.replace('_', '-')}")
             raise Exit(f"error: {exc.line()}", code=exc.exit_code) from None
         except KeyboardInterrupt:
             raise Exit("error: interrupted", code=130) from None
@@ -55,4 +58,5 @@ def report_errors(function: F) -> F:
 
 def say(text: str) -> None:
     """A result line for the user, on stdout."""
+    github.end_group()  # results stay in sight, outside the folded log
     print(text, flush=True)

@@ -61,6 +61,10 @@ class NetworkUnavailable(ToolkitError):
     """Something had to be downloaded and the network is not there."""
 
 
+class IntegrityError(ToolkitError):
+    """Data does not match the digest or signature that names it."""
+
+
 class RegistryError(ToolkitError):
     """A registry did not answer, refused credentials, or lacks an image."""
 

@@ -122,8 +122,12 @@ class Destination:
 TRANSPORTS = ("docker://", "oci:", "docker-archive:", "rootfs:")
 
 
-def parse_destination(text: str, *, allowed: tuple[str, ...], default_tag: str) -> Destination:
-    """Parse docker://REF, oci:DIR[:TAG], docker-archive:FILE or rootfs:DIR."""
+def parse_destination(text: str, *, allowed: tuple[str, ...], default_tag: str | None) -> Destination:
+    """Parse docker://REF, oci:DIR[:TAG], docker-archive:FILE or rootfs:DIR.
+
+    A registry reference without a tag gets `default_tag`, or stays without
+    one when that is None.
+    """
     transport, sep, rest = text.partition(":")
     if text.startswith("docker://"):
         transport, rest = "docker", text[len("docker://"):]
@@ -134,12 +138,12 @@ def parse_destination(text: str, *, allowed: tuple[str, ...], default_tag: str) 
         ref = parse_image_ref(rest, need_registry=True)
         if ref.digest:
             raise BadReference(f"'{text}' pins a digest", "push to a tag; the digest is printed after the push")
-        if not ref.tag:
+        if not ref.tag and default_tag:
             ref = ref.with_tag(default_tag)
         return Destination("docker", str(ref))
     if transport == "oci":
         path, _, tag = rest.partition(":")
-        return Destination("oci", path, check_tag(tag or default_tag))
+        return Destination("oci", path, check_tag(tag or default_tag or "latest"))
     return Destination(transport, rest)
 
 

@@ -23,18 +23,16 @@ class Running:
     status: int  # the HTTP status of the first answer
 
 
-def check_port_free(host: str, port: int) -> None:
-    """PortInUse unless `host:port` can be bound now."""
+def check_port_free(host: str, port: int,
+                    hint: str = "stop what uses it (`invoke stop-web` if it is the web container) or pass --port") -> None:
+    """PortInUse unless `host:port` can be bound now; `hint` says how to free it."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
             probe.bind((host, port))
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
-            raise PortInUse(
-                f"port {port} on {host} is already taken",
-                "stop what uses it (`invoke stop-web` if it is the web container) or pass --port",
-            ) from None
+            raise PortInUse(f"port {port} on {host} is already taken", hint) from None
 
 
 def run_web(image: str, *, name: str, host: str, port: int, container_port: int, timeout: float) -> Running:

@@ -12,6 +12,8 @@ import logging
 import os
 import shlex
 import shutil
+import signal
+import subprocess
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -30,6 +32,13 @@ INSTALL_HINTS = {
     "nix-store": "apt-get install nix-bin",
     "mmdebstrap": "apt-get install mmdebstrap",
     "debootstrap": "apt-get install debootstrap",
+    "qemu-system-x86_64": "apt-get install qemu-system-x86",
+    "qemu-img": "apt-get install qemu-utils",
+    "mkfs.vfat": "apt-get install dosfstools",
+    "fsck.vfat": "apt-get install dosfstools",
+    "mcopy": "apt-get install mtools",
+    "mdir": "apt-get install mtools",
+    "xorriso": "apt-get install xorriso",
 }
 
 TAIL_LINES = 20
@@ -71,22 +80,21 @@ def run(
     argv = [which(program), *args]
     log.debug("$ %s", shlex.join([program, *args]))
     lines: list[str] = []
-
-    def keep(line: str) -> None:
-        lines.append(line)
-        if on_line is not None:
-            on_line(line.rstrip("\n"))
-
-    kwargs: dict[str, object] = {
-        "_tty_out": False,  # no pager, no colour codes in what we keep
-        "_env": {**os.environ, **(env or {})},
-        "_cwd": cwd,
-        "_err": keep,
-        "_out": keep,
-        "_bg_exc": False,
-    }
     try:
-        sh.Command(argv[0])(*argv[1:], **kwargs)
+        # Iterating (rather than output callbacks, which sh polls every 0.1 s)
+        # keeps a short command short.
+        for line in sh.Command(argv[0])(
+            *argv[1:],
+            _iter=True,
+            _bg_exc=False,  # the error is raised here, not printed by sh's thread
+            _err_to_out=True,
+            _tty_out=False,  # no pager, no colour codes in what we keep
+            _env={**os.environ, **(env or {})},
+            _cwd=cwd,
+        ):
+            lines.append(line)
+            if on_line is not None:
+                on_line(line.rstrip("\n"))
     except sh.ErrorReturnCode as exc:
         output = "".join(lines)
         last = _last_line(output) or f"exit code {exc.exit_code}"
@@ -111,3 +119,30 @@ def _last_line(output: str) -> str:
         if line.strip():
             return line.strip()
     return ""
+
+
+def run_attached(program: str, args: Sequence[str]) -> int:
+    """Run `program args...` on the user's terminal and return its exit code.
+
+    For interactive programs such as a VM's serial console: stdin, stdout and
+    stderr are the toolkit's own, so nothing is kept. The command is logged
+    like `run`'s. SIGTERM and SIGHUP sent to the toolkit are passed on to the
+    program, so that it never outlives the toolkit.
+    """
+    argv = [which(program), *args]
+    log.debug("$ %s", shlex.join([program, *args]))
+    child = subprocess.Popen(argv)
+    passed_on = (signal.SIGTERM, signal.SIGHUP)
+    previous = {number: signal.signal(number, lambda number, _frame: child.send_signal(number)) for number in passed_on}
+    try:
+        return child.wait()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if child.poll() is None:  # the toolkit itself is stopping (Ctrl-C, an exception)
+            child.terminate()
+            try:
+                child.wait(10)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()

@@ -9,34 +9,29 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import runner
+from . import credentials, runner
 from .errors import CommandFailed, RegistryError
 from .refs import is_loopback
 
 POLICY = Path(__file__).resolve().parent.parent / "images" / "policy.json"
 
-# Credentials from the environment, for CI jobs that hold a token.
-USERNAME_VARIABLE = "REGISTRY_USERNAME"
-PASSWORD_VARIABLE = "REGISTRY_PASSWORD"
-
 
 @dataclass(frozen=True)
 class CopyResult:
-    """What one `skopeo copy` did."""
+    """What one `skopeo copy` did. Blobs are named by their digest at the source."""
 
     source: str
     destination: str
     digest: str  # of the manifest written at the destination
-    blobs_copied: int
-    blobs_skipped: int
+    uploaded: tuple[str, ...]  # blobs sent
+    skipped: tuple[str, ...]  # blobs the destination already had
 
 
 @dataclass(frozen=True)
@@ -65,7 +60,8 @@ def tls_flags(option: str, name: str, insecure: bool) -> list[str]:
     if registry is None:
         return []
     verify = not (insecure or is_loopback(registry))
-    return [f"--{option}-tls-verify={'true' if verify else 'false'}"]
+    flag = f"--{option}-tls-verify" if option else "--tls-verify"
+    return [f"{flag}={'true' if verify else 'false'}"]
 
 
 @contextmanager
@@ -76,11 +72,11 @@ def auth_file(registries: list[str]) -> Iterator[list[str]]:
     private temporary file for the duration of the copy; otherwise skopeo
     reads the usual files (containers auth.json, then ~/.docker/config.json).
     """
-    user, password = os.environ.get(USERNAME_VARIABLE), os.environ.get(PASSWORD_VARIABLE)
-    if not (user and password and registries):
+    found = credentials.from_environment()
+    if not (found and registries):
         yield []
         return
-    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    token = base64.b64encode(f"{found.username}:{found.password}".encode()).decode()
     with tempfile.TemporaryDirectory(prefix="nix-ci-auth-") as directory:
         path = Path(directory) / "auth.json"
         path.touch(mode=0o600)
@@ -88,8 +84,13 @@ def auth_file(registries: list[str]) -> Iterator[list[str]]:
         yield [f"--authfile={path}"]
 
 
-def copy(source: str, destination: str, *, insecure: bool = False, on_line=None) -> CopyResult:
-    """`skopeo copy source destination`, returning the written manifest's digest."""
+def copy(source: str, destination: str, *, insecure: bool = False,
+         on_line: Callable[[str], None] | None = None) -> CopyResult:
+    """`skopeo copy source destination`, returning the written manifest's digest.
+
+    skopeo says which blobs it skipped only in its debug output, so it runs
+    with --debug; those lines are parsed, never shown.
+    """
     registries = [r for r in (registry_of(source), registry_of(destination)) if r]
     with tempfile.TemporaryDirectory(prefix="nix-ci-copy-") as work, auth_file(registries) as auth:
         digest_file = Path(work) / "digest"
@@ -97,6 +98,7 @@ def copy(source: str, destination: str, *, insecure: bool = False, on_line=None)
             result = runner.run(
                 "skopeo",
                 [
+                    "--debug",
                     f"--policy={POLICY}",
                     "copy",
                     *auth,
@@ -106,24 +108,51 @@ def copy(source: str, destination: str, *, insecure: bool = False, on_line=None)
                     source,
                     destination,
                 ],
-                on_line=on_line,
+                on_line=lambda line: on_line(line) if on_line and not _DEBUG.match(line) else None,
             )
         except CommandFailed as exc:
             raise _explain(exc, destination if registry_of(destination) else source) from None
         digest = digest_file.read_text().strip()
-    copied = len(re.findall(r"^Copying blob \S+ done", result.output, re.M))
-    skipped = len(re.findall(r"^Copying blob \S+ skipped: already exists", result.output, re.M))
-    return CopyResult(source, destination, digest, copied, skipped)
+    blobs = re.findall(r"^Copying blob (sha256:[0-9a-f]{64})", result.output, re.M)
+    skipped = set(re.findall(r"Skipping blob (sha256:[0-9a-f]{64}) \(already present\)", result.output))
+    return CopyResult(source, destination, digest,
+                      tuple(b for b in blobs if b not in skipped), tuple(b for b in blobs if b in skipped))
+
+
+def blob_sizes(name: str, *, insecure: bool = False) -> dict[str, int]:
+    """Compressed size of each layer of `name`, by its digest and by its diff ID."""
+    manifest = json.loads(_inspect(name, insecure, "--raw"))
+    config = json.loads(_inspect(name, insecure, "--config", "--raw"))
+    layers = manifest.get("layers") or []
+    sizes = {layer["digest"]: int(layer["size"]) for layer in layers}
+    for diff_id, layer in zip(config.get("rootfs", {}).get("diff_ids") or [], layers, strict=False):
+        sizes[diff_id] = int(layer["size"])
+    return sizes
+
+
+def exists(name: str, *, insecure: bool = False) -> bool:
+    """True when the registry serves a manifest for `name`."""
+    try:
+        _inspect(name, insecure, "--raw")
+    except RegistryError as exc:
+        if "does not exist" in exc.message:
+            return False
+        raise
+    return True
 
 
 def inspect(name: str, *, insecure: bool = False) -> RemoteImage:
     """The manifest digest and layers of `name` (e.g. docker://host/web:1)."""
+    output = _inspect(name, insecure)
+    return RemoteImage.from_json(json.loads(output[output.index("{"):]))
+
+
+def _inspect(name: str, insecure: bool, *options: str) -> str:
     with auth_file([r for r in [registry_of(name)] if r]) as auth:
         try:
-            result = runner.run("skopeo", ["inspect", *auth, *tls_flags("", name, insecure), name])
+            return runner.run("skopeo", ["inspect", *options, *auth, *tls_flags("", name, insecure), name]).output
         except CommandFailed as exc:
             raise _explain(exc, name) from None
-    return RemoteImage.from_json(json.loads(result.output[result.output.index("{"):]))
 
 
 def _explain(exc: CommandFailed, name: str) -> Exception:
@@ -134,7 +163,7 @@ def _explain(exc: CommandFailed, name: str) -> Exception:
     if re.search(r"unauthorized|authentication required|invalid username/password|denied", text, re.I):
         return RegistryError(
             f"the registry {where} refused the credentials",
-            f"log in with `skopeo login {where}` or set {USERNAME_VARIABLE} and {PASSWORD_VARIABLE}",
+            f"log in with `skopeo login {where}` or set {credentials.USERNAME_VARIABLE} and {credentials.PASSWORD_VARIABLE}",
         )
     if re.search(r"connection refused|no such host|i/o timeout|network is unreachable|connection reset", text, re.I):
         return RegistryError(
@@ -150,4 +179,9 @@ def _explain(exc: CommandFailed, name: str) -> Exception:
         )
     if re.search(r"manifest unknown|name unknown|not found", text, re.I):
         return RegistryError(f"{name} does not exist", "check the name and tag")
-    return exc
+    quiet = "".join(line for line in text.splitlines(keepends=True) if not _DEBUG.match(line))
+    return CommandFailed(exc.message, argv=exc.argv, exit_code=exc.returncode, output=quiet)
+
+
+# skopeo --debug lines, parsed but never shown.
+_DEBUG = re.compile(r'^time="[^"]*" level=debug ')

@@ -21,8 +21,12 @@ log = logging.getLogger(__name__)
 class Pushed:
     destination: str
     digest: str
-    blobs_copied: int
-    blobs_skipped: int
+    bytes_uploaded: int  # compressed layer bytes sent
+    bytes_skipped: int  # compressed layer bytes the destination already had
+
+    def line(self) -> str:
+        """destination, digest, then what moved: one line per destination on stdout."""
+        return f"{self.destination} {self.digest} uploaded={self.bytes_uploaded} skipped={self.bytes_skipped}"
 
 
 def local_image(name: str, known: list[str], tag: str = "latest") -> str:
@@ -37,23 +41,63 @@ def local_image(name: str, known: list[str], tag: str = "latest") -> str:
 def push(image: str, targets: list[str], *, insecure: bool = False) -> list[Pushed]:
     """Copy the local `image` to every target; returns each destination's digest.
 
-    The image leaves the engine once: later targets are copied from the
-    first, so a registry that already holds the blobs only receives the
-    manifest.
+    A registry target without a tag gets every tag the image has under its
+    name (its input identity id-…, its date, then latest, last). The image
+    leaves the engine once: later targets are copied from the first, so a
+    registry that holds the blobs only receives manifests. When a repository
+    already holds the image's identity tag, nothing but tags is written.
     """
     if not targets:
-        raise ConfigError("push needs at least one destination", "pass --to docker://REGISTRY/NAME:TAG or --to oci:DIR:TAG")
-    default_tag = image.rpartition(":")[2]
-    destinations = [parse_destination(t, allowed=("docker", "oci"), default_tag=default_tag) for t in targets]
+        raise ConfigError("push needs at least one destination",
+                          "pass --to docker://REGISTRY/NAME[:TAG] or --to oci:DIR[:TAG]")
+    tags = _own_tags(image)
+    destinations = [d for t in targets for d in _expand(t, tags)]
+    identity = next((t for t in tags if t.startswith(IDENTITY_PREFIX)), None)
+    first: str | None = None
+    sizes: dict[str, int] = {}
     results = []
-    source = f"docker-daemon:{image}"
     for destination in destinations:
+        source = first or f"docker-daemon:{image}"
+        if destination.transport == "docker" and identity:
+            already = f"docker://{destination.image.name}:{identity}"
+            if already != destination.skopeo_name() and skopeo.exists(already, insecure=insecure):
+                log.info("%s already holds this image (%s): only the tag is written", destination.image.name, identity)
+                source = already
         log.info("copying %s to %s", image, destination)
         copied = skopeo.copy(source, destination.skopeo_name(), insecure=insecure, on_line=_progress)
-        results.append(Pushed(str(destination), copied.digest, copied.blobs_copied, copied.blobs_skipped))
-        if len(results) == 1:
-            source = destination.skopeo_name()
+        if destination.transport == "docker" and not {*copied.uploaded, *copied.skipped} <= sizes.keys():
+            sizes |= skopeo.blob_sizes(destination.skopeo_name(), insecure=insecure)
+        pushed = Pushed(str(destination), copied.digest,
+                        sum(sizes.get(b, 0) for b in copied.uploaded), sum(sizes.get(b, 0) for b in copied.skipped))
+        if copied.uploaded or copied.skipped:
+            log.info("uploaded %s in %d layers; %s in %d layers were already there",
+                     _size(pushed.bytes_uploaded), len(copied.uploaded), _size(pushed.bytes_skipped), len(copied.skipped))
+        results.append(pushed)
+        first = first or destination.skopeo_name()
     return results
+
+
+IDENTITY_PREFIX = "id-"
+
+
+def _own_tags(image: str) -> list[str]:
+    """The image's tags under its own name: identity and date first, latest last."""
+    name = image.rpartition(":")[0]
+    found = docker.require_image(image, f"build it first: invoke build-{name}")
+    tags = [t.rpartition(":")[2] for t in found.tags if t.rpartition(":")[0] == name]
+    return sorted(tags, key=lambda t: (t == "latest", not t.startswith(IDENTITY_PREFIX), t))
+
+
+def _expand(target: str, tags: list[str]) -> list[Destination]:
+    """One destination per tag for a registry target given without a tag."""
+    destination = parse_destination(target, allowed=("docker", "oci"), default_tag=None)
+    if destination.transport != "docker" or destination.image.tag:
+        return [destination]
+    return [Destination("docker", str(destination.image.with_tag(tag))) for tag in tags]
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e6:.1f} MB" if count >= 1e5 else f"{count / 1e3:.1f} kB"
 
 
 def extract(image: str, target: str) -> Destination:

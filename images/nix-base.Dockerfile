@@ -10,8 +10,8 @@ ARG BUILDER_IMAGE=nixos/nix:2.34.7@sha256:bf1d938835ab96312f098fa6c2e9cab367728e
 FROM ${BUILDER_IMAGE}
 
 # The package set, relative to the build context: the pinned nixpkgs
-# (nix/pkgs.nix), or a stand-in that works offline.
-ARG PKGS=nix/pkgs.nix
+# (nix/nixpkgs), or a stand-in that works offline.
+ARG PKGS=nix/nixpkgs
 
 COPY . /src
 WORKDIR /src

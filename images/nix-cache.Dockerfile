@@ -6,7 +6,7 @@
 ARG BASE_IMAGE=nix-base
 FROM ${BASE_IMAGE}
 
-ARG PKGS=nix/pkgs.nix
+ARG PKGS=nix/nixpkgs
 ARG IMAGES=nix/images.nix
 
 COPY . /src

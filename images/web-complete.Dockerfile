@@ -7,7 +7,7 @@
 ARG CACHE_IMAGE=nix-cache
 FROM ${CACHE_IMAGE} AS web-builder
 
-ARG PKGS=nix/pkgs.nix
+ARG PKGS=nix/nixpkgs
 ARG IMAGES=nix/images.nix
 
 COPY . /src

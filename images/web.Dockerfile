@@ -9,7 +9,7 @@
 ARG CACHE_IMAGE=nix-cache
 FROM ${CACHE_IMAGE}
 
-ARG PKGS=nix/pkgs.nix
+ARG PKGS=nix/nixpkgs
 ARG IMAGES=nix/images.nix
 
 COPY . /src

@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # The stand-in package set and the fixture images file (see tests/nixpkgs, tests/fixtures).
 FIXTURE_CONFIG = {
-    "INVOKE_WEB_PKGS": "tests/nixpkgs/default.nix",
+    "INVOKE_WEB_PKGS": "tests/nixpkgs",
     "INVOKE_WEB_IMAGES": "tests/fixtures/images.nix",
+    "INVOKE_BUILDER_FROM_DEBIAN": "1",
 }
 
 

@@ -78,3 +78,28 @@ def our_containers(client) -> list:
 
 def dangling_images(client) -> set[str]:
     return {image.id for image in client.images.list(filters={"dangling": True})}
+
+
+PROJECT_PARTS = (".dockerignore", "images", "nix", "tests/nixpkgs", "tests/fixtures")
+
+
+def project_copy(directory, page: str | None = None):
+    """A copy of the project's build inputs under `directory`, with another page if given.
+
+    Builds of it run with INVOKE_PROJECT_ROOT pointing there: same Dockerfiles,
+    package set and images file, one input changed.
+    """
+    import shutil
+
+    from tests.conftest import ROOT
+
+    for part in PROJECT_PARTS:
+        source, target = ROOT / part, directory / part
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_dir():
+            shutil.copytree(source, target, ignore=shutil.ignore_patterns("result*", "__pycache__"))
+        else:
+            shutil.copy2(source, target)
+    if page is not None:
+        (directory / "tests" / "fixtures" / "web" / "index.html").write_text(page)
+    return {"INVOKE_PROJECT_ROOT": str(directory)}

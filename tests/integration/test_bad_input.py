@@ -4,23 +4,19 @@ the fix, a non-zero exit, no traceback, and nothing half-done."""
 from __future__ import annotations
 
 import base64
-import json
 import os
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import bcrypt
 import pytest
-import requests
 
 from ci.project import Project
 from tests.conftest import ROOT, assert_one_line_error, invoke
+from tests.integration import registries
 from tests.integration.conftest import dangling_images
 
-PINNED_BUILDER = Project(ROOT, "nix/pkgs.nix", "nix/images.nix").default_arg("nix-base", "BUILDER_IMAGE")
+PINNED_BUILDER = Project(ROOT, "nix/nixpkgs", "nix/images.nix").default_arg("nix-base", "BUILDER_IMAGE")
 
 
 def state(engine):
@@ -77,9 +73,7 @@ def test_nix_failure_shows_the_log_tail_and_leaves_nothing(engine, web_image, im
 
 
 def test_registry_that_does_not_answer(web_image):
-    with socket.socket() as unused:
-        unused.bind(("127.0.0.1", 0))
-        port = unused.getsockname()[1]
+    port = registries.free_port()
     outcome = invoke("push", "web", "--to", f"docker://127.0.0.1:{port}/web:1")
     assert_one_line_error(outcome, f"the registry 127.0.0.1:{port} does not answer")
 
@@ -87,30 +81,8 @@ def test_registry_that_does_not_answer(web_image):
 @pytest.fixture
 def registry_with_auth(tmp_path):
     """A second real registry that wants user alice, password right-password."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    hashed = bcrypt.hashpw(b"right-password", bcrypt.gensalt(rounds=4)).decode()
-    (tmp_path / "htpasswd").write_text(f"alice:{hashed}\n")
-    (tmp_path / "config.yml").write_text(json.dumps({
-        "version": 0.1,
-        "storage": {"filesystem": {"rootdirectory": str(tmp_path / "data")}},
-        "http": {"addr": f"127.0.0.1:{port}"},
-        "auth": {"htpasswd": {"realm": "test", "path": str(tmp_path / "htpasswd")}},
-    }))
-    server = subprocess.Popen(["docker-registry", "serve", str(tmp_path / "config.yml")],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/v2/", timeout=1).status_code == 401:
-                    break
-            except requests.RequestException:
-                time.sleep(0.1)
-        yield f"127.0.0.1:{port}"
-    finally:
-        server.terminate()
-        server.wait(10)
+    with registries.registry(tmp_path, password="right-password") as address:
+        yield address
 
 
 def test_refused_credentials_are_reported_and_never_shown(web_image, registry_with_auth):
@@ -124,11 +96,11 @@ def test_refused_credentials_are_reported_and_never_shown(web_image, registry_wi
     env["REGISTRY_PASSWORD"] = "right-password"
     outcome = invoke("push", "web", "--to", f"docker://{registry_with_auth}/web:1", env=env)
     assert outcome.code == 0, outcome.stderr
-    assert outcome.stdout.split()[-1].startswith("sha256:")
+    assert outcome.stdout.split()[1].startswith("sha256:")
 
 
 def test_builder_image_cannot_be_downloaded(engine):
-    outcome = invoke("build-base", env={"INVOKE_BUILDER_BASE": "nix-base-test:offline"})
+    outcome = invoke("build-base", env={"INVOKE_BUILDER_BASE": "nix-base-test:offline", "INVOKE_BUILDER_FROM_DEBIAN": "0"})
     assert_one_line_error(outcome, f"cannot download the builder image {PINNED_BUILDER}: no network",
                           "--from-debian")
     assert not engine.images.list("nix-base-test")
@@ -137,10 +109,10 @@ def test_builder_image_cannot_be_downloaded(engine):
 def test_pinned_nixpkgs_cannot_be_downloaded(engine, cache_image):
     outcome = invoke("build-base", env={
         "INVOKE_BUILDER_IMAGE": "nix-builder:debian-bookworm",
-        "INVOKE_WEB_PKGS": "nix/pkgs.nix",
+        "INVOKE_WEB_PKGS": "nix/nixpkgs",
         "INVOKE_BUILDER_BASE": "nix-base-test:offline",
     })
-    assert_one_line_error(outcome, "cannot download the pinned nixpkgs (nix/pkgs.nix)", "offline")
+    assert_one_line_error(outcome, "cannot download the pinned nixpkgs (nix/nixpkgs)", "offline")
     assert "unable to download" in outcome.stderr
     assert not engine.images.list("nix-base-test")
 

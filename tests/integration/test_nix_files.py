@@ -13,7 +13,7 @@ def test_every_nix_file_parses(nix_on_host):
     outcome = invoke("check-nix")
     assert outcome.code == 0, outcome.stderr
     checked = {p.relative_to(ROOT).as_posix() for p in nix.parse_all(ROOT)}
-    assert {"nix/images.nix", "nix/pkgs.nix", "tests/nixpkgs/default.nix", "tests/fixtures/images.nix"} <= checked
+    assert {"nix/images.nix", "nix/nixpkgs/default.nix", "tests/nixpkgs/default.nix", "tests/fixtures/images.nix"} <= checked
     assert outcome.stdout.strip() == f"{len(checked)} Nix files parse"
 
 

@@ -1,0 +1,305 @@
+#!/usr/bin/env python3
+"""Benchmark: the toolkit against the seed's shell flow, side by side, in one run.
+
+Both flows build the same benchmark image (tests/fixtures/bench/images.nix:
+about 30 store paths and 60 MB, the page in its own small path) with the same
+Dockerfiles, the same Debian-made builder and the same stand-in package set,
+on the same engine. What differs is the orchestration:
+
+  seed     the seed's build-cache.sh and build-web.sh, as shell commands:
+           docker build nix-base and nix-cache; docker build of web.Dockerfile
+           with a random tag, `docker run … /result | docker load`, docker rmi,
+           docker tag latest; docker tag + docker push to publish.
+  toolkit  invoke build-cache, invoke build-web, invoke push.
+
+Situations: cold (no cache image), warm after a one-line page change, no-op
+(nothing changed), and push after a one-line page change. Each runs several
+times; the table shows medians and the ratios seed/toolkit. Bytes pushed are
+measured as the growth of the registry's blob store, for both flows.
+
+    python3 bench/bench.py [--runs 5] [--cold-runs 3] [--markdown bench/results.md]
+
+Needs what the tests need (bash .ci/setup). It starts its own registry on a
+free loopback port and removes the images it makes, not the Debian builder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+ROOT = Path(__file__).resolve().parent.parent
+PARTS = (".dockerignore", "images", "nix", "tests/nixpkgs", "tests/fixtures")
+PKGS, IMAGES, PAGE = "tests/nixpkgs", "tests/fixtures/bench/images.nix", "tests/fixtures/bench/index.html"
+BASE, CACHE = "bench-nix-base:latest", "bench-nix-cache:latest"
+DOCKER = "/usr/bin/docker"
+console = Console(stderr=True)
+
+
+@dataclass
+class Sample:
+    seconds: float
+    derivations: int = 0
+    bytes_pushed: int = 0  # growth of the registry's blob store: layers, config and manifest
+    layer_bytes_pushed: int = 0  # of which layer blobs
+    changed_layers_bytes: int = 0  # compressed size of the layers the registry did not have
+
+
+@dataclass
+class Situation:
+    name: str
+    seed: list[Sample] = field(default_factory=list)
+    toolkit: list[Sample] = field(default_factory=list)
+
+
+def sh(command: str, *, cwd: Path, env: dict[str, str] | None = None) -> str:
+    """Run a shell command (the seed's flow is shell); its output, or exit on failure."""
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=cwd, env={**os.environ, **(env or {})},
+                          capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"bench: `{command}` failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
+    return done.stdout + done.stderr
+
+
+def timed(command: str, **kwargs) -> tuple[float, str]:
+    start = time.perf_counter()
+    output = sh(command, **kwargs)
+    return time.perf_counter() - start, output
+
+
+def derivations_built(log: str) -> int:
+    return len(re.findall(r"building '/nix/store/[^']+\.drv'", log))
+
+
+class Project:
+    """A copy of the project's build inputs, whose page the benchmark edits."""
+
+    def __init__(self, directory: Path) -> None:
+        self.root = directory
+        for part in PARTS:
+            source, target = ROOT / part, directory / part
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if source.is_dir():
+                shutil.copytree(source, target, ignore=shutil.ignore_patterns("result*", "__pycache__"))
+            else:
+                shutil.copy2(source, target)
+        self.edits = 0
+
+    def change_page(self) -> None:
+        """A one-line change to the page."""
+        self.edits += 1
+        with (self.root / PAGE).open("a") as page:
+            page.write(f"<!-- edit {self.edits} -->\n")
+
+
+class SeedFlow:
+    """The seed's scripts, with this project's Dockerfiles and build arguments."""
+
+    def __init__(self, project: Project, builder: str) -> None:
+        self.project = project
+        self.args = f"--build-arg PKGS={PKGS} --build-arg IMAGES={IMAGES}"
+        self.builder = builder
+
+    def build_cache(self) -> tuple[float, str]:  # build-cache.sh
+        return timed(
+            f"{DOCKER} build {self.args} --build-arg BUILDER_IMAGE={self.builder} -f images/nix-base.Dockerfile -t {BASE} . "
+            f"&& {DOCKER} build {self.args} --build-arg BASE_IMAGE={BASE} -f images/nix-cache.Dockerfile -t {CACHE} .",
+            cwd=self.project.root, env={"DOCKER_BUILDKIT": "0"})
+
+    def build_web(self) -> tuple[float, str]:  # build-web.sh
+        return timed(
+            'TAG="$(date --utc --iso-8601)-$(tr -dc a-z0-9 </dev/urandom | head -c 8)"\n'
+            f'{DOCKER} build {self.args} --build-arg CACHE_IMAGE={CACHE} -f images/web.Dockerfile -t "builder:$TAG" .\n'
+            f'loaded=$({DOCKER} run --rm "builder:$TAG" /result | {DOCKER} load)\n'
+            f'{DOCKER} rmi "builder:$TAG" >/dev/null\n'
+            f'{DOCKER} tag "${{loaded#Loaded image: }}" web:latest\n'
+            'echo "$loaded"',
+            cwd=self.project.root, env={"DOCKER_BUILDKIT": "0"})
+
+    def push(self, target: str) -> tuple[float, str]:
+        return timed(f"{DOCKER} tag web:latest {target} && {DOCKER} push {target}", cwd=self.project.root)
+
+
+class Toolkit:
+    def __init__(self, project: Project) -> None:
+        self.project = project
+        self.env = {
+            "INVOKE_PROJECT_ROOT": str(project.root), "INVOKE_WEB_PKGS": PKGS, "INVOKE_WEB_IMAGES": IMAGES,
+            "INVOKE_BUILDER_FROM_DEBIAN": "1", "INVOKE_BUILDER_BASE": BASE, "INVOKE_BUILDER_CACHE": CACHE,
+        }
+
+    def invoke(self, *args: str) -> tuple[float, str]:
+        return timed(" ".join([sys.executable, "-m", "invoke", *args]), cwd=ROOT, env=self.env)
+
+
+@contextlib.contextmanager
+def registry(directory: Path) -> Iterator[tuple[str, Path]]:
+    """A docker-registry of the benchmark's own, so that its blob store can be measured."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    (directory / "config.yml").write_text(json.dumps({
+        "version": 0.1, "storage": {"filesystem": {"rootdirectory": str(directory / "data")}},
+        "http": {"addr": f"127.0.0.1:{port}"}}))
+    server = subprocess.Popen(["docker-registry", "serve", str(directory / "config.yml")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            time.sleep(0.1)
+        yield f"127.0.0.1:{port}", directory / "data"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def new_layers(reference: str, before: set[str]) -> dict[str, int]:
+    """Digest and compressed size of the layers of `reference` the registry did not have before."""
+    manifest = json.loads(sh(f"skopeo inspect --raw --tls-verify=false docker://{reference}", cwd=ROOT))
+    return {layer["digest"]: layer["size"] for layer in manifest["layers"] if layer["digest"] not in before}
+
+
+def registry_blobs(storage: Path) -> dict[str, int]:
+    blobs = storage / "docker" / "registry" / "v2" / "blobs" / "sha256"
+    return {f"sha256:{p.parent.name}": p.stat().st_size for p in blobs.rglob("data")} if blobs.exists() else {}
+
+
+def remove_images(*references: str) -> None:
+    subprocess.run(f"{DOCKER} rmi -f {' '.join(references)} >/dev/null 2>&1 || true", shell=True)
+
+
+def forget_cache() -> None:
+    """Cold: no cache image, so no docker layer cache above the builder either."""
+    images = sh(f"{DOCKER} images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' web", cwd=ROOT).split()
+    remove_images(BASE, CACHE, *images)
+    subprocess.run(f"{DOCKER} image prune -f >/dev/null", shell=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5, help="runs of each warm, no-op and push situation")
+    parser.add_argument("--cold-runs", type=int, default=3, help="runs of the cold situation")
+    parser.add_argument("--markdown", type=Path, help="also write the table as markdown to this file")
+    options = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="nix-ci-bench-") as work:
+        work_dir = Path(work)
+        project = Project(work_dir / "project")
+        toolkit = Toolkit(project)
+        builder = sh(f"{sys.executable} -c 'from ci import debian; print(debian.builder_image().id)'", cwd=ROOT).split()[-1]
+        seed = SeedFlow(project, builder)
+        situations = {name: Situation(name) for name in ("cold", "warm", "no-op", "push")}
+
+        console.print(f"cold: {options.cold_runs} runs of each flow")
+        for _ in range(options.cold_runs):
+            for flow in ("seed", "toolkit"):
+                forget_cache()
+                if flow == "seed":
+                    cache_s, cache_log = seed.build_cache()
+                    web_s, web_log = seed.build_web()
+                else:
+                    cache_s, cache_log = toolkit.invoke("build-cache")
+                    web_s, web_log = toolkit.invoke("build-web")
+                getattr(situations["cold"], flow).append(
+                    Sample(cache_s + web_s, derivations_built(cache_log + web_log)))
+
+        console.print(f"warm and no-op: {options.runs} runs of each flow")
+        for _ in range(options.runs):
+            for flow, build in (("seed", seed.build_web), ("toolkit", lambda: toolkit.invoke("build-web"))):
+                project.change_page()
+                seconds, log = build()
+                getattr(situations["warm"], flow).append(Sample(seconds, derivations_built(log)))
+                seconds, log = build()
+                getattr(situations["no-op"], flow).append(Sample(seconds, derivations_built(log)))
+
+        console.print(f"push: {options.runs} runs of each flow")
+        with registry(work_dir / "registry") as (address, storage):
+            for run in range(options.runs + 1):
+                for flow in ("seed", "toolkit"):
+                    project.change_page()
+                    (seed.build_web if flow == "seed" else lambda: toolkit.invoke("build-web"))()
+                    target = f"{address}/{flow}/web:run-{run}"
+                    before = registry_blobs(storage)
+                    if flow == "seed":
+                        seconds, _ = seed.push(target)
+                    else:
+                        seconds, _ = toolkit.invoke("push", "web", "--to", f"docker://{target}")
+                    if run == 0:
+                        continue  # the first push of each flow fills its repository
+                    after = registry_blobs(storage)
+                    added = {digest: size for digest, size in after.items() if digest not in before}
+                    changed = new_layers(target, set(before))
+                    getattr(situations["push"], flow).append(Sample(
+                        seconds, 0, sum(added.values()), sum(added.get(d, 0) for d in changed), sum(changed.values())))
+        forget_cache()
+        remove_images(*[f"{address}/{flow}/web:run-{run}" for flow in ("seed", "toolkit")
+                        for run in range(options.runs + 1)])
+
+    report(situations, options.markdown)
+
+
+def median(samples: list[Sample], attribute: str) -> float:
+    return statistics.median(getattr(s, attribute) for s in samples)
+
+
+def report(situations: dict[str, Situation], markdown: Path | None) -> None:
+    machine = (f"{platform.machine()}, {os.cpu_count()} cores, {_cpu_model()}, Linux {platform.release()}, "
+               f"Docker {sh(DOCKER + ' version --format {{.Server.Version}}', cwd=ROOT).strip()}")
+    date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
+    header = ["situation", "runs", "seed (s)", "toolkit (s)", "seed/toolkit", "derivations built (seed / toolkit)",
+              "bytes pushed, all (seed / toolkit)", "layer bytes pushed (seed / toolkit)",
+              "changed layers, compressed (seed / toolkit)"]
+    rows = []
+    for situation in situations.values():
+        seed_s, tool_s = median(situation.seed, "seconds"), median(situation.toolkit, "seconds")
+        pushed = layers = changed = "-"
+        if situation.name == "push":
+            pushed, layers, changed = (
+                f"{median(situation.seed, a):,.0f} / {median(situation.toolkit, a):,.0f}"
+                for a in ("bytes_pushed", "layer_bytes_pushed", "changed_layers_bytes"))
+        rows.append([situation.name, str(len(situation.toolkit)), f"{seed_s:.2f}", f"{tool_s:.2f}",
+                     f"{seed_s / tool_s:.1f}x",
+                     f"{median(situation.seed, 'derivations'):.0f} / {median(situation.toolkit, 'derivations'):.0f}",
+                     pushed, layers, changed])
+    table = Table(title=f"Medians, {date}: {machine}")
+    for column in header:
+        table.add_column(column)
+    for row in rows:
+        table.add_row(*row)
+    Console().print(table)
+    if markdown:
+        lines = [f"Medians measured on {date}, {machine}.", "",
+                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+        markdown.write_text("\n".join(lines) + "\n")
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+if __name__ == "__main__":
+    main()

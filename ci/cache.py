@@ -1,0 +1,98 @@
+"""The cache image (nix-cache): found locally or pulled from a registry, and
+checked before a build trusts it.
+
+build-cache pushes it as NAMESPACE/nix-cache, tagged by date and by the
+package set's hash (pkgs-<hash>); build-web pulls the tag of its own package
+set when the local image is missing. A cache that cannot be had is not fatal:
+the build goes on without it. A cache that is not one (foreign) or is corrupt
+is refused.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from dataclasses import dataclass
+
+from . import credentials, docker
+from .errors import ConfigError, NetworkUnavailable, RegistryError
+from .project import Project
+
+log = logging.getLogger(__name__)
+
+ROLE = "cache"  # the value of docker.LABEL on cache images
+PKGS_LABEL = f"{docker.LABEL}.pkgs"  # the package set the cache was built for
+
+
+@dataclass(frozen=True)
+class CacheSettings:
+    """Where the builder images live and how old a cache may be."""
+
+    base: str  # local name of nix-base
+    cache: str  # local name of nix-cache
+    registry: str | None  # NAMESPACE holding NAMESPACE/nix-cache, or None
+    max_age_days: float
+
+
+def remote_ref(namespace: str, project: Project, image: str = "nix-cache") -> str:
+    return f"{namespace}/{image}:pkgs-{project.package_set_id()}"
+
+
+def labels(project: Project) -> dict[str, str]:
+    """What build-cache writes on the cache image."""
+    return {docker.LABEL: ROLE, PKGS_LABEL: project.package_set_id()}
+
+
+def find(project: Project, settings: CacheSettings) -> docker.Image | None:
+    """The cache image to build on: the local one, else the registry's, else None."""
+    image = docker.inspect_image(settings.cache)
+    where = settings.cache
+    if image is None and settings.registry:
+        where = remote_ref(settings.registry, project)
+        image = _pull(where, settings.cache)
+    if image is None:
+        return None
+    _check_role(image, where)
+    if image.labels.get(PKGS_LABEL) != project.package_set_id():
+        log.info("the cache %s was built for another package set; only what both share is reused", where)
+    age = datetime.datetime.now(datetime.UTC) - image.created
+    log.info("using the cache image %s (%s, built %s ago)", where, image.id[7:19], _days(age))
+    if age > datetime.timedelta(days=settings.max_age_days):
+        log.warning("warning: the cache image is %s old, more than %g days; rebuild it with `invoke build-cache`",
+                    _days(age), settings.max_age_days)
+    return image
+
+
+def _pull(ref: str, local: str) -> docker.Image | None:
+    """Pull the registry's cache; None, saying why, when it cannot be had."""
+    log.info("no local cache image; pulling %s", ref)
+    try:
+        image = docker.pull(ref, credentials.from_environment())
+    except (RegistryError, NetworkUnavailable) as exc:
+        log.warning("warning: cannot use the cache image: %s; building without it", exc.message)
+        return None
+    if image.architecture != docker.engine_architecture():
+        docker.remove_image(ref)
+        log.warning("warning: the cache image %s is for %s, not this engine's %s; building without it",
+                    ref, image.architecture or "an unknown platform", docker.engine_architecture())
+        return None
+    try:
+        _check_role(image, ref)
+    except ConfigError:
+        docker.remove_image(ref)
+        raise
+    docker.tag(image.id, local)
+    return image
+
+
+def _check_role(image: docker.Image, where: str) -> None:
+    if image.labels.get(docker.LABEL) != ROLE:
+        raise ConfigError(
+            f"{where} is not a cache image made by build-cache (it has no {docker.LABEL}={ROLE} label)",
+            "give the namespace `invoke build-cache --push` wrote to, or remove the image and run `invoke build-cache`",
+        )
+
+
+def _days(age: datetime.timedelta) -> str:
+    days = age.total_seconds() / 86400
+    return f"{days:.1f} days" if days >= 1 else f"{age.total_seconds() / 3600:.1f} hours"
