@@ -19,6 +19,7 @@ import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import cache as cache_images
 from . import debian, docker, transfer
@@ -26,6 +27,9 @@ from .cache import CacheSettings
 from .errors import BuildFailed, NetworkUnavailable
 from .project import Project
 from .transfer import IDENTITY_PREFIX, Pushed
+
+if TYPE_CHECKING:  # ci.bundle loads oras; builds without a substituter do not need it
+    from .bundle import Substituter
 
 log = logging.getLogger(__name__)
 
@@ -82,11 +86,13 @@ def build_base(project: Project, builder: BuilderSettings, *, base: str) -> dock
         raise
 
 
-def build_cache(project: Project, builder: BuilderSettings, settings: CacheSettings) -> docker.Image:
+def build_cache(project: Project, builder: BuilderSettings, settings: CacheSettings, *,
+                substituter: Substituter | None = None) -> docker.Image:
     """build-cache: nix-base, then nix-cache on top of it."""
     base = build_base(project, builder, base=settings.base)
     log.info("building %s from %s", settings.cache, settings.base)
-    return _build(project, "nix-cache", tag=settings.cache, labels=cache_images.labels(project), BASE_IMAGE=base.id)
+    return _build(project, "nix-cache", tag=settings.cache, labels=cache_images.labels(project), substituter=substituter,
+                  BASE_IMAGE=base.id)
 
 
 def publish_cache(project: Project, settings: CacheSettings, namespace: str) -> list[Pushed]:
@@ -99,7 +105,7 @@ def publish_cache(project: Project, settings: CacheSettings, namespace: str) -> 
 
 
 def build_web(project: Project, builder: BuilderSettings, settings: CacheSettings, *,
-              name: str, complete: bool) -> WebImage:
+              name: str, complete: bool, substituter: Substituter | None = None) -> WebImage:
     """Build the web image on top of the cache image, unless one with the same inputs exists.
 
     Tags: name:id-<inputs>, name:<date>, then name:latest, last, once
@@ -108,7 +114,7 @@ def build_web(project: Project, builder: BuilderSettings, settings: CacheSetting
     cache_image = cache_images.find(project, settings)
     if cache_image is None:
         log.warning("no cache image: building %s and %s first (invoke build-cache)", settings.base, settings.cache)
-        cache_image = build_cache(project, builder, settings)
+        cache_image = build_cache(project, builder, settings, substituter=substituter)
     dockerfile = "web-complete" if complete else "web"
     args = project.buildargs(dockerfile, CACHE_IMAGE=cache_image.id)
     identity = project.digest(Path(project.dockerfile(dockerfile)).read_text(), json.dumps(args, sort_keys=True))
@@ -118,9 +124,9 @@ def build_web(project: Project, builder: BuilderSettings, settings: CacheSetting
     if image is not None:
         log.info("%s is up to date: nothing it is built from has changed", tags[0])
     elif complete:
-        image = _build(project, dockerfile, labels={docker.LABEL: "web"}, **args)
+        image = _build(project, dockerfile, labels={docker.LABEL: "web"}, substituter=substituter, **args)
     else:
-        image, nix_tag = _stream_out(project, name, args)
+        image, nix_tag = _stream_out(project, name, args, substituter)
     for tag in tags:  # latest last
         docker.tag(image.id, tag)
     if nix_tag and nix_tag not in tags:
@@ -128,13 +134,14 @@ def build_web(project: Project, builder: BuilderSettings, settings: CacheSetting
     return WebImage(image.id, tags, len(image.layers), image.size, "complete" if complete else "load", built)
 
 
-def _stream_out(project: Project, name: str, args: dict[str, str]) -> tuple[docker.Image, str]:
+def _stream_out(project: Project, name: str, args: dict[str, str],
+                substituter: Substituter | None = None) -> tuple[docker.Image, str]:
     """The load flow: build the builder, stream its /result into the engine, remove it.
 
     Returns the image and the tag Nix gave it."""
-    builder = _build(project, "web", labels={docker.LABEL: "builder"}, **args)
+    builder = _build(project, "web", labels={docker.LABEL: "builder"}, substituter=substituter, **args)
     try:
-        loaded = docker.stream_into_load(builder.id, ["/result"])
+        loaded = docker.stream_into_load(builder.id, ["/result"], known_chains=docker.known_chains(name))
     finally:
         docker.remove_image(builder.id)
     nix_tag = _check_loaded(loaded, name)
@@ -151,11 +158,15 @@ def _check_loaded(loaded: list[str], name: str) -> str:
     return tags[0]
 
 
-def _build(project: Project, dockerfile: str, *, tag: str | None = None,
-           labels: dict[str, str] | None = None, **args: str) -> docker.Image:
+def _build(project: Project, dockerfile: str, *, tag: str | None = None, labels: dict[str, str] | None = None,
+           substituter: Substituter | None = None, **args: str) -> docker.Image:
+    # A substituter (ci.bundle) goes into the context and NIX_CONFIG; never into the identity of web images.
+    if substituter is not None:
+        args = {**args, "NIX_CONFIG": substituter.nix_config()}
     try:
         return docker.build(str(project.root), project.dockerfile(dockerfile), tag=tag, labels=labels,
-                            buildargs=project.buildargs(dockerfile, **args))
+                            buildargs=project.buildargs(dockerfile, **args),
+                            extra_context=substituter.context() if substituter is not None else None)
     except BuildFailed as exc:
         nix_error = _nix_error(exc.details)
         if nix_error and not docker.looks_offline(exc.details):
