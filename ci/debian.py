@@ -29,6 +29,8 @@ IMAGE_CHANGES = [
     "ENV HOME=/root",
     f"LABEL {docker.LABEL}=debian-builder",
 ]
+# Names what the builder was made with: a builder made with other packages is made anew.
+PACKAGES_LABEL = f"{docker.LABEL}.packages"
 
 # Files laid over the root filesystem: nix.conf for a root, sandbox-less, offline Nix.
 OVERLAY = Path(__file__).resolve().parent.parent / "images" / "debian-builder"
@@ -79,6 +81,9 @@ def builder_image(*, tool: str = "mmdebstrap", refresh: bool = False) -> docker.
     sources = apt_sources()
     ref = f"{REPOSITORY}:debian-{sources.suite}"
     existing = None if refresh else docker.inspect_image(ref)
+    if existing is not None and existing.labels.get(PACKAGES_LABEL) != ",".join(PACKAGES):
+        log.info("the Debian builder %s was made with other packages; making it anew", ref)
+        existing = None
     if existing is not None:
         log.info("using the Debian builder %s (made earlier; --refresh-builder makes it anew)", ref)
         return existing
@@ -97,7 +102,8 @@ def _make_builder_image(sources: AptSources, repository: str, tag: str, *, tool:
         else:
             raise ConfigError(f"unknown root filesystem tool '{tool}'", "use mmdebstrap or debootstrap")
         log.info("importing it as %s:%s", repository, tag)
-        return docker.import_rootfs(str(tarball), repository, tag, IMAGE_CHANGES)
+        return docker.import_rootfs(str(tarball), repository, tag,
+                                    [*IMAGE_CHANGES, f"LABEL {PACKAGES_LABEL}={','.join(PACKAGES)}"])
 
 
 def _mmdebstrap(sources: AptSources, tarball: Path) -> None:
