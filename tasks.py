@@ -2,17 +2,19 @@
 configuration (defaults below, then invoke.yaml, then INVOKE_* environment
 variables, then flags) and calls one function of the ci package."""
 
+import contextlib
 import os
 from pathlib import Path
 
 from invoke import Collection, task
 
-from ci import build, github, nix, qemu, run, transfer, vm
+from ci import build, github, nix, qemu, run, transfer
 from ci import cidata as ci_cidata
 from ci import workflows as ci_workflows
 from ci.build import BuilderSettings
 from ci.cache import CacheSettings
 from ci.edge import report_errors, say
+from ci.errors import ConfigError
 from ci.project import Project
 
 HERE = Path(__file__).resolve().parent
@@ -45,12 +47,19 @@ def build_base(c, from_debian=False, tool=None, refresh_builder=False):
     say(f"{c.builder.base} {image.id}")
 
 
+SUBSTITUTER_HELP = ("a binary cache or bundle in a registry (REGISTRY/NAME:TAG, as cache-push wrote it) to substitute "
+                    "built paths from, checked against bundle.public_key (default bundle.substituter)")
+
+
 @task(help={**BUILDER_HELP, "push": "also push nix-base and nix-cache to this namespace (REGISTRY/PATH), "
-                                     "tagged by date, by package set (pkgs-<hash>) and latest"})
+                                     "tagged by date, by package set (pkgs-<hash>) and latest",
+            "substituter": SUBSTITUTER_HELP})
 @report_errors
-def build_cache(c, from_debian=False, tool=None, refresh_builder=False, push=None):
+def build_cache(c, from_debian=False, tool=None, refresh_builder=False, push=None, substituter=None):
     """Build nix-base, then nix-cache: the builder with tools and the web closure pre-built."""
-    image = build.build_cache(_project(c), _builder(c, from_debian, tool, refresh_builder), _cache(c))
+    with _substituter(c, substituter) as pulled:
+        image = build.build_cache(_project(c), _builder(c, from_debian, tool, refresh_builder), _cache(c),
+                                  substituter=pulled)
     say(f"{c.builder.cache} {image.id}")
     github.report("build-cache", github.built(c.builder.cache, image))
     for pushed in build.publish_cache(_project(c), _cache(c), push) if push else []:
@@ -63,11 +72,14 @@ def build_cache(c, from_debian=False, tool=None, refresh_builder=False, push=Non
                 "instead of streaming the image out of a builder container",
     "cache-from": "namespace (REGISTRY/PATH) to pull nix-cache from when there is no local one "
                   "(default builder.registry)",
+    "substituter": SUBSTITUTER_HELP,
 })
 @report_errors
-def build_web(c, complete=False, cache_from=None):
+def build_web(c, complete=False, cache_from=None, substituter=None):
     """Build the web image and load it into Docker as web:<tag> and web:latest."""
-    image = build.build_web(_project(c), _builder(c), _cache(c, cache_from), name=c.web.name, complete=complete)
+    with _substituter(c, substituter) as pulled:
+        image = build.build_web(_project(c), _builder(c), _cache(c, cache_from), name=c.web.name, complete=complete,
+                                substituter=pulled)
     for tag in image.tags:
         say(f"{tag} {image.id}")
     github.report("build-web", github.built(c.web.name, image))
@@ -159,6 +171,8 @@ def _path(c, flag, configured):
 @report_errors
 def build_vm(c, ssh_key=None, ssh_key_file=None, hostname=None, disk_size=None, output=None, kvm=True):
     """Build the NixOS VM image (qcow2) in the builder container; print its path and size."""
+    from ci import vm  # oras and its dependencies load only for the VM tasks
+
     given = bool(ssh_key or ssh_key_file)
     settings = vm.settings(
         keys=ssh_key if given else vm.as_list(c.vm.ssh_keys, "\n"),
@@ -209,6 +223,8 @@ def cidata(c, user_data=None, meta_data=None, network_config=None, vendor_data=N
 @report_errors
 def run_vm(c, image=None, seed=None, without_seed=False, port=None, memory=None, cpus=None, kvm=True):
     """Boot the VM image with qemu on this terminal (serial console; Ctrl-a x quits); print the SSH command."""
+    from ci import vm  # oras and its dependencies load only for the VM tasks
+
     spec = vm.prepare_vm(_path(c, image, c.vm.image), None if without_seed else _path(c, seed, c.vm.seed),
                          host=c.vm.host, port=int(port or c.vm.ssh_port), memory=int(memory or c.vm.memory),
                          cpus=int(cpus or c.vm.cpus), want_kvm=kvm, cpu=c.vm.cpu)
@@ -226,6 +242,8 @@ def run_vm(c, image=None, seed=None, without_seed=False, port=None, memory=None,
 @report_errors
 def push_vm(c, to, image=None, seed=None, without_seed=False, insecure=False):
     """Push the VM image and its seed disk to a registry as one OCI artifact; print its digest."""
+    from ci import vm  # oras and its dependencies load only for the VM tasks
+
     seed_path = None if without_seed else _path(c, seed, c.vm.seed)
     if not seed and seed_path is not None and not seed_path.exists():
         seed_path = None  # the default seed is optional
@@ -243,6 +261,8 @@ def push_vm(c, to, image=None, seed=None, without_seed=False, insecure=False):
 @report_errors
 def pull_vm(c, source, to=None, insecure=False):
     """Pull a VM image artifact and check every file against its digest; print the files."""
+    from ci import vm  # oras and its dependencies load only for the VM tasks
+
     directory = Path(to).absolute() if to else _path(c, None, c.vm.image).parent
     pulled = vm.pull_vm(source, directory, insecure=insecure)
     say(pulled.artifact.pinned)
@@ -250,8 +270,125 @@ def pull_vm(c, source, to=None, insecure=False):
         say(f"{path} {layer.digest} verified")
 
 
+# --- closure bundles and binary caches (ci/bundle.py) ---------------------------------
+
+
+def _key_path(c, flag, configured):
+    """A key file: ~ expanded; a relative path from the configuration is relative to the project."""
+    path = Path(flag or configured).expanduser()
+    return path.absolute() if flag or path.is_absolute() else Path(c.project.root or HERE) / path
+
+
+def _trusted_keys(c, public_key=None):
+    """bundle.public_key (when it exists, or when given) and bundle.trusted_keys."""
+    from ci import bundle as ci_bundle
+
+    path = _key_path(c, public_key, c.bundle.public_key)
+    keys = c.bundle.trusted_keys or []
+    return ci_bundle.public_keys([path] if public_key or path.exists() else [], [keys] if isinstance(keys, str) else keys)
+
+
+def _substituter(c, reference):
+    """The registry-hosted binary cache a build substitutes from, pulled for the build; None without one."""
+    reference = reference or c.bundle.substituter
+    if not reference:
+        return contextlib.nullcontext(None)
+    from ci import bundle as ci_bundle  # oras and its dependencies load only when a substituter is used
+
+    return ci_bundle.substituter(reference, _trusted_keys(c))
+
+
+@task(help={
+    "name": "the key's name, written into every signature (default bundle.key_name, else <host name>-1)",
+    "force": "replace an existing key pair (runners that trust only the old key then refuse new bundles)",
+})
+@report_errors
+def bundle_key(c, name=None, force=False):
+    """Generate the key pair that signs bundles (bundle.secret_key, bundle.public_key), outside the repository."""
+    from ci import bundle as ci_bundle  # oras and its dependencies load only for the bundle tasks
+
+    pair = ci_bundle.generate_key(builder=c.builder.base, name=name or c.bundle.key_name or ci_bundle.default_key_name(),
+                                  secret=_key_path(c, None, c.bundle.secret_key),
+                                  public=_key_path(c, None, c.bundle.public_key), force=force,
+                                  project=Path(c.project.root or HERE))
+    say(f"{pair.secret} secret key: keep it private")
+    say(f"{pair.public} {pair.public_key}")
+
+
+@task(help={
+    "expression": "the Nix file to build, relative to the project (default bundle.expression, nix/runner.nix)",
+    "attr": "the attribute to bundle (default bundle.attr, run: a package with bin/run)",
+    "output": "where to write the tarball (default bundle.output, build/bundle/closure.tar)",
+    "secret_key": "the secret key file to sign with (default bundle.secret_key)",
+    "compression": "NAR compression: zstd (default bundle.compression), xz, bzip2 or none",
+})
+@report_errors
+def bundle(c, expression=None, attr=None, output=None, secret_key=None, compression=None):
+    """Build the runner in the builder container; write one signed bundle: its binary cache and result link."""
+    from ci import bundle as ci_bundle  # oras and its dependencies load only for the bundle tasks
+
+    made = ci_bundle.make_bundle(Path(c.project.root or HERE), builder=c.builder.base,
+                                 expression=expression or c.bundle.expression, attr=attr or c.bundle.attr,
+                                 pkgs=c.web.pkgs, secret_key=_key_path(c, secret_key, c.bundle.secret_key),
+                                 output=_path(c, output, c.bundle.output), compression=compression or c.bundle.compression)
+    say(f"{made.path} {made.size} bytes {made.store_path} ({len(made.closure)} paths, "
+        f"signed by {', '.join(made.cache.signers)})")
+
+
+@task(help={"public_key": "the public key file bundles must be signed with (default bundle.public_key; "
+                          "bundle.trusted_keys are trusted too)"})
+@report_errors
+def build_runner(c, public_key=None):
+    """Build the runner image: at start it restores a bundle (volume or registry) into its store, then runs it."""
+    from ci import bundle as ci_bundle  # oras and its dependencies load only for the bundle tasks
+
+    image = ci_bundle.build_runner(Path(c.project.root or HERE), base=c.builder.base, tag=c.bundle.runner_image,
+                                   keys=_trusted_keys(c, public_key))
+    say(f"{c.bundle.runner_image} {image.id}")
+
+
+@task(help={
+    "to": "destination REGISTRY/NAME[:TAG], e.g. 127.0.0.1:5000/bundles/runner:1",
+    "bundle": "the bundle to push (default bundle.output)",
+    "cache": "push this binary cache directory (nix copy --to file://DIR) instead, one layer per file",
+    "insecure": "skip TLS verification for non-loopback registries (loopback ones speak plain HTTP)",
+})
+@report_errors
+def cache_push(c, to, bundle=None, cache=None, insecure=False):
+    """Push a bundle, or a whole binary cache directory, to a registry as an OCI artifact; print its digest."""
+    from ci import bundle as ci_bundle  # oras and its dependencies load only for the bundle tasks
+
+    if bundle and cache:
+        raise ConfigError("give --bundle or --cache, not both", "a bundle already holds its binary cache")
+    if cache:
+        artifact = ci_bundle.push_cache(to, Path(cache).absolute(), insecure=insecure)
+    else:
+        artifact = ci_bundle.push_bundle(to, _path(c, bundle, c.bundle.output), insecure=insecure)
+    say(artifact.pinned)
+    say(f"{artifact.artifact_type} {len(artifact.layers)} files {sum(layer.size for layer in artifact.layers)} bytes")
+
+
+@task(help={
+    "source": "the artifact: REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:...",
+    "to": "where to write it: the bundle file (default bundle.output) or the binary cache directory "
+          "(default bundle.cache_dir), replaced only once all of it is checked",
+    "insecure": "skip TLS verification for non-loopback registries (loopback ones speak plain HTTP)",
+})
+@report_errors
+def cache_pull(c, source, to=None, insecure=False):
+    """Pull a bundle or binary cache artifact, every file checked against its digest; print where it went."""
+    from ci import bundle as ci_bundle  # oras and its dependencies load only for the bundle tasks
+
+    pulled = ci_bundle.pull(source, bundle_to=_path(c, to, c.bundle.output), cache_to=_path(c, to, c.bundle.cache_dir),
+                            insecure=insecure)
+    say(pulled.artifact.pinned)
+    say(f"{pulled.path} {pulled.kind}: {len(pulled.contents.narinfos)} paths, {pulled.contents.nar_bytes} bytes of NARs, "
+        f"signed by {', '.join(pulled.contents.signers) or 'nobody'}")
+
+
 ns = Collection(build_base, build_cache, build_web, run_web, stop_web, push, extract, check_nix, workflows,
-                build_vm, cidata, run_vm, push_vm, pull_vm)
+                build_vm, cidata, run_vm, push_vm, pull_vm,
+                bundle_key, bundle, build_runner, cache_push, cache_pull)
 ns.configure({
     "project": {
         "root": None,  # the build context; None: the directory of this file
@@ -290,5 +427,18 @@ ns.configure({
         "memory": 2048,  # MiB
         "cpus": 2,
         "cpu": None,  # qemu -cpu model; None: host,-arch-capabilities with KVM, max without
+    },
+    "bundle": {
+        "expression": "nix/runner.nix",  # what `bundle` builds, relative to the project
+        "attr": "run",  # the attribute bundled: a package with bin/run for the runner image
+        "output": "build/bundle/closure.tar",  # where bundle writes, and cache-push and cache-pull read and write, a bundle
+        "cache_dir": "build/bundle/cache",  # where cache-pull writes a binary cache
+        "compression": "zstd",  # NAR compression in bundles: zstd, xz, bzip2 or none
+        "key_name": None,  # the name bundle-key gives a new key; None: <host name>-1
+        "secret_key": "~/.config/nix-ci/bundle-key.sec",  # signs bundles; keep it out of the repository
+        "public_key": "~/.config/nix-ci/bundle-key.pub",  # checks them: runner image, substituters
+        "trusted_keys": None,  # more public keys to trust (NAME:KEY, space-separated, or a list)
+        "runner_image": "nix-runner:latest",  # what build-runner tags
+        "substituter": None,  # REGISTRY/NAME:TAG of a binary cache (or bundle) that build-web and build-cache substitute from
     },
 })
