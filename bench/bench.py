@@ -126,7 +126,7 @@ class SeedFlow:
 
     def build_web(self) -> tuple[float, str]:  # build-web.sh
         return timed(
-            'TAG="$(date --utc --iso-8601)-$(tr -dc a-z0-9 </dev/urandom | head -c 8)"\n'
+            'TAG="$(date --utc --iso-8601)-$(od -An -N4 -tx4 /dev/urandom | tr -d " ")"\n'
             f'{DOCKER} build {self.args} --build-arg CACHE_IMAGE={CACHE} -f images/web.Dockerfile -t "builder:$TAG" .\n'
             f'loaded=$({DOCKER} run --rm "builder:$TAG" /result | {DOCKER} load)\n'
             f'{DOCKER} rmi "builder:$TAG" >/dev/null\n'
@@ -156,6 +156,7 @@ def registry(directory: Path) -> Iterator[tuple[str, Path]]:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
+    directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.yml").write_text(json.dumps({
         "version": 0.1, "storage": {"filesystem": {"rootdirectory": str(directory / "data")}},
         "http": {"addr": f"127.0.0.1:{port}"}}))
