@@ -192,7 +192,6 @@ def forget_cache() -> None:
     """Cold: no cache image, so no docker layer cache above the builder either."""
     images = sh(f"{DOCKER} images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' web", cwd=ROOT).split()
     remove_images(BASE, CACHE, *images)
-    subprocess.run(f"{DOCKER} image prune -f >/dev/null", shell=True)
 
 
 def main() -> None:
