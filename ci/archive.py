@@ -16,7 +16,7 @@ import io
 import json
 import tarfile
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO
 
@@ -55,13 +55,20 @@ class Slimmed:
         self.data.close()
 
 
-def slim(chunks: Iterable[bytes], known_chains: set[str]) -> Slimmed:
-    """Read a docker-archive from `chunks`; return it without the layers whose chain is known."""
+def slim(chunks: Iterable[bytes], known_chains: set[str],
+         edit_config: Callable[[dict], dict] | None = None) -> Slimmed:
+    """Read a docker-archive from `chunks`; return it without the layers whose chain is known.
+
+    `edit_config`, when given, rewrites each image's config; the config then
+    gets the name of its new digest, and the manifest follows.
+    """
     members: list[tuple[tarfile.TarInfo, IO[bytes] | None]] = []
     try:
         with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(chunks), BLOCK), mode="r|") as archive:
             for member in archive:
                 members.append((member, _spool(archive.extractfile(member)) if member.isfile() else None))
+        if edit_config is not None:
+            members = _edit_configs(members, edit_config)
         return _without(members, _droppable(members, known_chains))
     except (tarfile.TarError, EOFError) as exc:
         raise BuildFailed(f"the image stream is not a complete docker-archive ({exc})") from None
@@ -81,6 +88,49 @@ def _droppable(members: list[tuple[tarfile.TarInfo, IO[bytes] | None]], known_ch
             if chain in known_chains:
                 droppable.add(path)
     return droppable
+
+
+def normalise(chunks: Iterable[bytes], *, created: str, known_chains: set[str]) -> Slimmed:
+    """The archive with the moments and build containers of its config replaced by fixed values.
+
+    The engine's classic builder writes the time of the build into `created`
+    and into each history entry, the intermediate container's ID into
+    `container` and `container_config`, and the last step's parent image into
+    config.Image: the same inputs then make another image ID every time. Layers are not touched (and left out when known).
+    """
+    return slim(chunks, known_chains, edit_config=lambda config: _fixed_config(config, created))
+
+
+def _fixed_config(config: dict, created: str) -> dict:
+    fixed = {key: value for key, value in config.items() if key not in ("container", "container_config")}
+    # The run config names the parent image of the last step, which a build without cache makes anew.
+    fixed["config"] = {**config.get("config", {}), "Image": "", "Hostname": ""}
+    fixed["created"] = created
+    fixed["history"] = [{**entry, "created": created} for entry in config.get("history", [])]
+    return fixed
+
+
+def _edit_configs(members: list[tuple[tarfile.TarInfo, IO[bytes] | None]],
+                  edit: Callable[[dict], dict]) -> list[tuple[tarfile.TarInfo, IO[bytes] | None]]:
+    files = {member.name: data for member, data in members if data is not None}
+    manifest = json.loads(_read(files, "manifest.json"))
+    replaced: dict[str, tuple[str, bytes]] = {}
+    for entry in manifest:
+        config = json.dumps(edit(json.loads(_read(files, entry["Config"]))), separators=(",", ":")).encode()
+        name = hashlib.sha256(config).hexdigest() + ".json"
+        replaced[entry["Config"]] = (name, config)
+        entry["Config"] = name
+    replaced["manifest.json"] = ("manifest.json", json.dumps(manifest).encode())
+    result = []
+    for member, data in members:
+        if member.name in replaced:
+            name, content = replaced[member.name]
+            data.close()
+            member = tarfile.TarInfo(name)
+            member.size, member.mode, member.mtime = len(content), 0o644, 1
+            data = _spool(io.BytesIO(content))
+        result.append((member, data))
+    return result
 
 
 def _without(members: list[tuple[tarfile.TarInfo, IO[bytes] | None]], droppable: set[str]) -> Slimmed:
