@@ -24,9 +24,10 @@ def parse(path: Path) -> None:
 
 
 def parse_all(root: Path, folders: tuple[str, ...] = ("nix", "tests")) -> list[Path]:
-    """Parse every .nix file under `folders` of `root`, but for the deliberately
-    broken test fixtures (in folders named `broken`); returns the files checked."""
-    files = sorted(p for folder in folders for p in (root / folder).rglob("*.nix") if "broken" not in p.parts)
+    """Parse every .nix file at the top of `root` (shell.nix) and under its `folders`, but
+    for the deliberately broken test fixtures (in folders named `broken`); returns the files checked."""
+    nested = (p for folder in folders for p in (root / folder).rglob("*.nix"))
+    files = sorted(p for p in (*root.glob("*.nix"), *nested) if "broken" not in p.parts)
     for path in files:
         parse(path)
     return files

@@ -25,8 +25,12 @@ class Running:
 
 def check_port_free(host: str, port: int,
                     hint: str = "stop what uses it (`invoke stop-web` if it is the web container) or pass --port") -> None:
-    """PortInUse unless `host:port` can be bound now; `hint` says how to free it."""
+    """PortInUse unless something could listen on `host:port` now; `hint` says how to free it.
+
+    SO_REUSEADDR, as the engine binds: connections of an earlier container
+    still closing (TIME_WAIT) do not count."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as exc:
@@ -44,7 +48,8 @@ def run_web(image: str, *, name: str, host: str, port: int, container_port: int,
     container = docker.run_detached(image, name=name, ports={f"{container_port}/tcp": (host, port)})
     url = f"http://{host}:{port}/"
     try:
-        status = _wait_for_http(url, name, timeout)
+        status = wait_for_http(url, name, timeout,
+                               hint="its log is above; check the port the image listens on (web.container_port)")
     except BaseException:
         docker.remove_container(name, timeout=1)
         raise
@@ -52,14 +57,17 @@ def run_web(image: str, *, name: str, host: str, port: int, container_port: int,
     return Running(container, url, status)
 
 
-def _wait_for_http(url: str, name: str, timeout: float) -> int:
+def wait_for_http(url: str, name: str, timeout: float, *, hint: str) -> int:
+    """Poll `url` until it answers; ToolkitError with the container's log if it exits or stays silent.
+
+    `hint` says what to check when it does not answer in time."""
     deadline = time.monotonic() + timeout
     while True:
         state = docker.container_state(name)
         if state is None or not state.get("Running"):
             code = state.get("ExitCode") if state else "?"
             raise ToolkitError(
-                f"container {name} exited (code {code}) before answering HTTP",
+                f"container {name} exited (code {code}) before answering on {url}",
                 "its log is above; fix the image's command",
                 details=docker.container_logs(name),
             )
@@ -68,11 +76,8 @@ def _wait_for_http(url: str, name: str, timeout: float) -> int:
         except requests.RequestException:
             pass
         if time.monotonic() > deadline:
-            raise ToolkitError(
-                f"container {name} did not answer HTTP on {url} within {timeout:.0f} s",
-                "its log is above; check the port the image listens on (web.container_port)",
-                details=docker.container_logs(name),
-            )
+            raise ToolkitError(f"container {name} did not answer on {url} within {timeout:.0f} s", hint,
+                               details=docker.container_logs(name))
         time.sleep(0.1)
 
 
