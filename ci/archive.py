@@ -64,7 +64,7 @@ def slim(chunks: Iterable[bytes], known_chains: set[str],
     """
     members: list[tuple[tarfile.TarInfo, IO[bytes] | None]] = []
     try:
-        with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(chunks), BLOCK), mode="r|") as archive:
+        with tar_stream(chunks) as archive:
             for member in archive:
                 members.append((member, _spool(archive.extractfile(member)) if member.isfile() else None))
         if edit_config is not None:
@@ -164,6 +164,11 @@ def _read(files: dict[str, IO[bytes]], name: str) -> bytes:
     data = files[name].read()
     files[name].seek(0)
     return data
+
+
+def tar_stream(chunks: Iterable[bytes]) -> tarfile.TarFile:
+    """A tar archive read in stream mode from an iterator of byte chunks (an engine response)."""
+    return tarfile.open(fileobj=io.BufferedReader(_ChunkReader(chunks), BLOCK), mode="r|")
 
 
 class _ChunkReader(io.RawIOBase):

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import cidata, docker, oras, qemu
+from . import archive, cidata, docker, oras, qemu
 from .errors import BuildFailed, CommandFailed, ConfigError, ImageNotFound, NetworkUnavailable, ToolkitError
 from .run import check_port_free
 
@@ -215,35 +215,13 @@ def _build_error(expression: str, pkgs: str, finished: docker.Finished) -> Toolk
                        "the end of the build log is above", details=finished.stderr_tail)
 
 
-class _ChunkReader(io.RawIOBase):
-    """A file object over an iterator of byte chunks, for tarfile's stream mode."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = iter(chunks)
-        self._pending = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        while not self._pending:
-            try:
-                self._pending = next(self._chunks)
-            except StopIteration:
-                return 0
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
-        self._pending = self._pending[size:]
-        return size
-
-
 def _extract_qcow2(stream: Iterator[bytes], work: Path, store_path: str) -> Path:
     """The one .qcow2 file of the tar stream, written to `work`."""
-    with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(stream), 1 << 20), mode="r|") as archive:
-        for member in archive:
+    with archive.tar_stream(stream) as tar:
+        for member in tar:
             if member.isfile() and member.name.endswith(".qcow2"):
                 target = work / "image.qcow2"
-                source = archive.extractfile(member)
+                source = tar.extractfile(member)
                 assert source is not None  # a regular file always has contents
                 with open(target, "wb") as out:
                     shutil.copyfileobj(source, out, 1 << 20)
