@@ -43,14 +43,15 @@ class Project:
 
     def buildargs(self, dockerfile: str, **extra: str) -> dict[str, str]:
         """The build arguments `dockerfile` declares, from the project and `extra`."""
-        declared = set(re.findall(r"^ARG (\w+)", Path(self.dockerfile(dockerfile)).read_text(), re.M))
+        lines = re.findall(r"^ARG (.+)$", Path(self.dockerfile(dockerfile)).read_text(), re.M)
+        declared = {word.split("=", 1)[0] for line in lines for word in line.split()}
         offered = {"PKGS": self.pkgs, "IMAGES": self.images, **extra}
         return {name: value for name, value in offered.items() if name in declared}
 
     def default_arg(self, dockerfile: str, name: str) -> str:
         """The default of `ARG name=...` in a Dockerfile: pins live there, once."""
         text = Path(self.dockerfile(dockerfile)).read_text()
-        match = re.search(rf"^ARG {name}=(\S+)$", text, re.M)
+        match = re.search(rf"^ARG (?:.* )?{name}=(\S*)", text, re.M)
         if not match:
             raise ConfigError(f"{dockerfile}.Dockerfile has no default for {name}", f"add `ARG {name}=...` to it")
         return match[1]

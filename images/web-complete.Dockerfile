@@ -7,8 +7,10 @@
 ARG CACHE_IMAGE=nix-cache
 FROM ${CACHE_IMAGE} AS web-builder
 
-ARG PKGS=nix/nixpkgs
-ARG IMAGES=nix/images.nix
+# One ARG line: each instruction costs the classic builder a commit. NIX_CONFIG:
+# extra Nix settings; `--substituter REF` sets it to a binary cache pulled from
+# a registry (/src/.nix-substituter) and the keys its paths must be signed with.
+ARG PKGS=nix/nixpkgs IMAGES=nix/images.nix NIX_CONFIG=
 
 COPY . /src
 WORKDIR /src

@@ -5,15 +5,18 @@
 #
 # By hand:
 #   docker build -f images/web.Dockerfile --build-arg CACHE_IMAGE=nix-cache -t web-builder .
-#   docker run --rm web-builder | docker load && docker rmi web-builder
+#   docker run --rm web-builder /result | docker load && docker rmi web-builder
+# Another image of an images file: --build-arg IMAGES=nix/services.nix --build-arg ATTR=services
 ARG CACHE_IMAGE=nix-cache
 FROM ${CACHE_IMAGE}
 
-ARG PKGS=nix/nixpkgs
-ARG IMAGES=nix/images.nix
+# One ARG line: each instruction costs the classic builder a container and a commit.
+# PKGS: the package set. IMAGES: the images file. ATTR: its image attribute,
+# web or services (nix/services.nix). NIX_CONFIG: extra Nix settings;
+# `--substituter REF` sets it to a binary cache pulled from a registry (in the
+# build context, /src/.nix-substituter) and the keys its paths must be signed with.
+ARG PKGS=nix/nixpkgs IMAGES=nix/images.nix ATTR=web NIX_CONFIG=
 
 COPY . /src
-WORKDIR /src
-RUN nix-build "${IMAGES}" --arg pkgs "import /src/${PKGS} {}" --attr web --out-link /result
-
-CMD ["/result"]
+# cd rather than WORKDIR, and no CMD, for the same reason: the toolkit runs /result.
+RUN cd /src && nix-build "${IMAGES}" --arg pkgs "import /src/${PKGS} {}" --attr "${ATTR}" --out-link /result
