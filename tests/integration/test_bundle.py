@@ -344,7 +344,20 @@ def test_build_cache_substitutes_from_a_registry(engine, base, env, registry, tm
         assert outcome.code == 0, outcome.stderr[-3000:]
         assert re.search(r"copying path '/nix/store/\w{32}-stream-web' from 'file:///src/\.nix-substituter'", outcome.stderr)
         assert "using the substituter" in outcome.stderr
+
+        # build-web too: a new page, built elsewhere and bundled, is downloaded rather than built.
+        changed = {**copy, **project_copy(tmp_path / "changed", "<p>a page built elsewhere</p>\n")}
+        made_page = invoke("bundle", "--expression", "tests/fixtures/images.nix", "--attr", "web",
+                           "--output", str(tmp_path / "page.tar"), env={**changed, "INVOKE_BUILDER_BASE": base})
+        assert made_page.code == 0, made_page.stderr[-2000:]
+        page_reference = f"{registry}/bundletest/web-page:{uuid.uuid4().hex[:8]}"
+        assert invoke("cache-push", "--bundle", str(tmp_path / "page.tar"), "--to", page_reference, env=changed).code == 0
+        built = invoke("build-web", "--substituter", page_reference, env=changed)
+        assert built.code == 0, built.stderr[-3000:]
+        assert re.search(r"copying path '/nix/store/\w{32}-webroot' from 'file:///src/\.nix-substituter'", built.stderr)
+        assert not re.search(r"building '/nix/store/\w{32}-webroot\.drv'", built.stderr)
     finally:
+        assert invoke("build-web").code == 0  # web:latest back to the repository's page
         for image in ("bundletest-sub-cache:latest", "bundletest-sub-base:latest"):
             with contextlib.suppress(docker.errors.ImageNotFound):  # a build that failed made none
                 engine.images.remove(image, force=True)
