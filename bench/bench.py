@@ -189,9 +189,14 @@ def remove_images(*references: str) -> None:
 
 
 def forget_cache() -> None:
-    """Cold: no cache image, so no docker layer cache above the builder either."""
-    images = sh(f"{DOCKER} images --format '{{{{.Repository}}}}:{{{{.Tag}}}}' web", cwd=ROOT).split()
-    remove_images(BASE, CACHE, *images)
+    """Cold: no cache image, so no docker layer cache above the builder either.
+
+    The images go by ID, with every tag they have (a test run may have tagged
+    the same image nix-cache:latest), so that no cached build step survives.
+    """
+    ids = sh(" && ".join(f"{DOCKER} images -q {name}" for name in (BASE, CACHE, "web")), cwd=ROOT).split()
+    ids = sorted(set(ids))
+    remove_images(*ids)
 
 
 def main() -> None:
