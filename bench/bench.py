@@ -101,6 +101,9 @@ class Project:
                 shutil.copytree(source, target, ignore=shutil.ignore_patterns("result*", "__pycache__"))
             else:
                 shutil.copy2(source, target)
+        # A context of its own: the benchmark's images then share no ID (and no
+        # build cache) with images other runs made from this repository.
+        (directory / "nix" / ".bench").write_text("the benchmark's copy of the project\n")
         self.edits = 0
 
     def change_page(self) -> None:
