@@ -8,7 +8,7 @@ from pathlib import Path
 
 from invoke import Collection, task
 
-from ci import build, github, nix, qemu, run, transfer
+from ci import build, github, nix, qemu, run, services, transfer
 from ci import cidata as ci_cidata
 from ci import workflows as ci_workflows
 from ci.build import BuilderSettings
@@ -85,6 +85,16 @@ def build_web(c, complete=False, cache_from=None, substituter=None):
     github.report("build-web", github.built(c.web.name, image))
 
 
+@task(help={"complete": "check the complete flow (one multi-stage docker build) instead of the load flow"})
+@report_errors
+def verify_reproducible(c, complete=False):
+    """Build the web image twice from scratch and compare; say where the builds first differ."""
+    verdict = build.verify_reproducible(_project(c), _cache(c), name=c.web.name, complete=complete)
+    say(f"{verdict.first} {verdict.second}")
+    verdict.require()
+    say("reproducible: both builds gave the same image")
+
+
 @task(help={"port": "host port on 127.0.0.1 (default web.port, 9000)"})
 @report_errors
 def run_web(c, port=None):
@@ -102,8 +112,69 @@ def stop_web(c):
     say("stopped" if run.stop_web(c.web.container) else "not running")
 
 
+def _runner(c, name, publish=None):
+    return services.entry(name, c.start.get(name), known=list(c.start), images=c.web.images, publish=publish)
+
+
+def _runner_image(c, entry, cache_from=None):
+    """Build the runner's image with the web image's flow (a no-op when it is up to date)."""
+    if entry.image is None:
+        raise ConfigError(f"the runner {entry.name} has no image", f"set start.{entry.name}.image in invoke.yaml")
+    project = Project(Path(c.project.root or HERE), c.web.pkgs, entry.images)
+    return build.build_web(project, _builder(c), _cache(c, cache_from), name=entry.image, complete=False,
+                           attr=entry.image)
+
+
+@task(help={"cache-from": "namespace (REGISTRY/PATH) to pull nix-cache from when there is no local one "
+                          "(default builder.registry)"})
+@report_errors
+def build_services(c, cache_from=None):
+    """Build the services image (nginx and a status page under s6-svscan) as web's: services:<tag>, services:latest."""
+    entry = _runner(c, "services")
+    image = _runner_image(c, entry, cache_from)
+    for tag in image.tags:
+        say(f"{tag} {image.id}")
+    github.report("build-services", github.built(entry.image, image))
+
+
+@task(iterable=["publish", "arg"], help={
+    "runner": "what to start: a name of the start configuration, services (nginx and a status page under s6) or nginx",
+    "container": "build the runner's image (as build-web does) and start it as a container, returning once "
+                 "its ports answer HTTP; without it, build the runner with this machine's Nix and run it here "
+                 "until Ctrl-C",
+    "publish": "with --container, HOST:CONTAINER port to publish on 127.0.0.1, repeatable (default start.NAME.ports)",
+    "arg": "in the foreground, an argument for bin/run, repeatable (the services runner takes its scan directory)",
+})
+@report_errors
+def start(c, runner, container=False, publish=None, arg=None):
+    """Start a runner (services, nginx): in the foreground, or as a container with --container."""
+    entry = _runner(c, runner, publish)
+    if container:
+        image = _runner_image(c, entry)
+        started = services.start_container(entry, image.tags[-1])
+        for url in started.urls:
+            say(url)
+        return
+    path = services.build_runner(Path(c.project.root or HERE), entry, c.web.pkgs)
+    services.run_foreground(runner, path, list(arg or []))
+    say(f"{runner} stopped")
+
+
+@task(help={"runner": "the runner whose container to stop (services, nginx)",
+            "grace": "seconds between docker stop's SIGTERM and its SIGKILL (default 10)"})
+@report_errors
+def stop(c, runner, grace=10):
+    """Stop and remove a runner's container: SIGTERM, then SIGKILL after the grace time."""
+    entry = _runner(c, runner)
+    stopped = services.stop_container(entry.container, int(grace))
+    if stopped is None:
+        say("not running")
+        return
+    say(f"{'killed' if stopped.killed else 'stopped'} in {stopped.seconds:.1f} s")
+
+
 @task(iterable=["to"], help={
-    "image": "image to push (web)",
+    "image": "image to push: web or services, optionally NAME:TAG (default tag latest)",
     "to": "destination, repeatable: docker://REGISTRY/NAME[:TAG] or oci:DIR[:TAG]; "
           "without a tag, every tag of the image (id-…, date, latest last)",
     "insecure": "skip TLS verification for non-loopback registries (loopback ones never verify)",
@@ -111,20 +182,20 @@ def stop_web(c):
 @report_errors
 def push(c, image, to, insecure=False):
     """Copy a built image to registries or OCI layouts and print each digest."""
-    ref = transfer.local_image(image, known=[c.web.name])
+    ref = transfer.local_image(image, known=[c.web.name, c.start.services.image])
     for pushed in transfer.push(ref, to, insecure=insecure):
         say(pushed.line())
         github.report("push", github.pushed(pushed))
 
 
 @task(help={
-    "image": "image to extract (web)",
+    "image": "image to extract: web or services, optionally NAME:TAG (default tag latest)",
     "to": "docker-archive:FILE.tar, oci:DIR[:TAG] or rootfs:DIR",
 })
 @report_errors
 def extract(c, image, to):
     """Write a built image to a docker-archive, an OCI layout or a root filesystem."""
-    ref = transfer.local_image(image, known=[c.web.name])
+    ref = transfer.local_image(image, known=[c.web.name, c.start.services.image])
     say(str(transfer.extract(ref, to)))
 
 
@@ -386,7 +457,8 @@ def cache_pull(c, source, to=None, insecure=False):
         f"signed by {', '.join(pulled.contents.signers) or 'nobody'}")
 
 
-ns = Collection(build_base, build_cache, build_web, run_web, stop_web, push, extract, check_nix, workflows,
+ns = Collection(build_base, build_cache, build_web, verify_reproducible, run_web, stop_web, build_services, start, stop,
+                push, extract, check_nix, workflows,
                 build_vm, cidata, run_vm, push_vm, pull_vm,
                 bundle_key, bundle, build_runner, cache_push, cache_pull)
 ns.configure({
@@ -402,6 +474,31 @@ ns.configure({
         "port": 9000,
         "container_port": 8080,
         "timeout": 30,  # seconds run-web waits for an HTTP answer
+    },
+    "start": {
+        # The runners `invoke start NAME` runs: `attr` of `file` (a derivation with bin/run) in the foreground, or
+        # with --container the image `image` of the images file `images` (None: web.images), published on
+        # `ports` (HOST:CONTAINER) of `host`. Files are relative to the project.
+        "services": {
+            "file": "nix/services.nix",
+            "attr": "services-run",  # nginx and the status page under s6-svscan
+            "images": "nix/services.nix",
+            "image": "services",  # also the image's name: build-services tags services:<tag>
+            "ports": ["9080:8080", "9081:8081"],  # nginx, status
+            "container": "services",
+            "host": "127.0.0.1",
+            "timeout": 30,  # seconds start --container waits for every port to answer
+        },
+        "nginx": {
+            "file": "nix/runner.nix",
+            "attr": "run",  # the seed's nginx runner (see bundle)
+            "images": None,
+            "image": "web",  # as a container: the web image
+            "ports": ["9090:8080"],
+            "container": "nginx",
+            "host": "127.0.0.1",
+            "timeout": 30,
+        },
     },
     "builder": {
         "image": None,  # None: the digest-pinned default of images/nix-base.Dockerfile

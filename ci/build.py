@@ -22,10 +22,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import cache as cache_images
-from . import debian, docker, transfer
+from . import debian, docker, reproducible, transfer
 from .cache import CacheSettings
-from .errors import BuildFailed, NetworkUnavailable
+from .errors import BuildFailed, ConfigError, NetworkUnavailable
 from .project import Project
+from .reproducible import Verdict
 from .transfer import IDENTITY_PREFIX, Pushed
 
 if TYPE_CHECKING:  # ci.bundle loads oras; builds without a substituter do not need it
@@ -76,14 +77,12 @@ def build_base(project: Project, builder: BuilderSettings, *, base: str) -> dock
     log.info("building %s from %s", base, source)
     try:
         return _build(project, "nix-base", tag=base, labels={docker.LABEL: "base"}, BUILDER_IMAGE=source)
-    except BuildFailed as exc:
-        if docker.looks_offline(exc.details):
-            raise NetworkUnavailable(
-                f"cannot download the pinned nixpkgs ({project.pkgs}) while building {base}: no network",
-                OFFLINE_HINT,
-                details=exc.details,
-            ) from None
-        raise
+    except NetworkUnavailable as exc:
+        raise NetworkUnavailable(
+            f"cannot download the pinned nixpkgs ({project.pkgs}) while building {base}: no network",
+            OFFLINE_HINT,
+            details=exc.details,
+        ) from None
 
 
 def build_cache(project: Project, builder: BuilderSettings, settings: CacheSettings, *,
@@ -105,28 +104,29 @@ def publish_cache(project: Project, settings: CacheSettings, namespace: str) -> 
 
 
 def build_web(project: Project, builder: BuilderSettings, settings: CacheSettings, *,
-              name: str, complete: bool, substituter: Substituter | None = None) -> WebImage:
+              name: str, complete: bool, substituter: Substituter | None = None, attr: str = "web") -> WebImage:
     """Build the web image on top of the cache image, unless one with the same inputs exists.
 
-    Tags: name:id-<inputs>, name:<date>, then name:latest, last, once
-    everything else succeeded.
+    `attr` picks another image of the images file (services); only the load
+    flow builds those. Tags: name:id-<inputs>, name:<date>, then name:latest,
+    last, once everything else succeeded.
     """
+    if complete and attr != "web":
+        raise ConfigError(f"the complete flow builds only the web image, not {attr}", "build it without --complete")
     cache_image = cache_images.find(project, settings)
     if cache_image is None:
         log.warning("no cache image: building %s and %s first (invoke build-cache)", settings.base, settings.cache)
         cache_image = build_cache(project, builder, settings, substituter=substituter)
     dockerfile = "web-complete" if complete else "web"
-    args = project.buildargs(dockerfile, CACHE_IMAGE=cache_image.id)
+    args = project.buildargs(dockerfile, CACHE_IMAGE=cache_image.id, ATTR=attr)
     identity = project.digest(Path(project.dockerfile(dockerfile)).read_text(), json.dumps(args, sort_keys=True))
     tags = (f"{name}:{IDENTITY_PREFIX}{identity[:24]}", f"{name}:{project.human_tag()}", f"{name}:latest")
     image = docker.inspect_image(tags[0])
     built, nix_tag = image is None, None
     if image is not None:
         log.info("%s is up to date: nothing it is built from has changed", tags[0])
-    elif complete:
-        image = _build(project, dockerfile, labels={docker.LABEL: "web"}, substituter=substituter, **args)
     else:
-        image, nix_tag = _stream_out(project, name, args, substituter)
+        image, nix_tag = _build_image(project, name, dockerfile, args, substituter)
     for tag in tags:  # latest last
         docker.tag(image.id, tag)
     if nix_tag and nix_tag not in tags:
@@ -134,12 +134,41 @@ def build_web(project: Project, builder: BuilderSettings, settings: CacheSetting
     return WebImage(image.id, tags, len(image.layers), image.size, "complete" if complete else "load", built)
 
 
+def verify_reproducible(project: Project, settings: CacheSettings, *, name: str, complete: bool) -> Verdict:
+    """Build the image twice from scratch (on nix-base, without the engine's cache) and compare."""
+    base = docker.require_image(settings.base, "build it with `invoke build-cache` (offline: add --from-debian)")
+    dockerfile = "web-complete" if complete else "web"
+    args = project.buildargs(dockerfile, CACHE_IMAGE=base.id)
+    built = []
+    try:
+        for attempt in (1, 2):
+            log.info("build %d of 2, from scratch", attempt)
+            image, nix_tag = _build_image(project, name, dockerfile, args, nocache=True)
+            docker.tag(image.id, f"{name}:reproducible-{attempt}")
+            built.append(f"{name}:reproducible-{attempt}")
+            if nix_tag:
+                docker.untag(nix_tag)
+        return reproducible.compare(*built)
+    finally:
+        for tag in built:
+            docker.untag(tag)
+
+
+def _build_image(project: Project, name: str, dockerfile: str, args: dict[str, str],
+                 substituter: Substituter | None = None, *, nocache: bool = False) -> tuple[docker.Image, str | None]:
+    """One build of either flow; returns the image and, for the load flow, the tag Nix gave it."""
+    if dockerfile == "web-complete":
+        built = _build(project, dockerfile, labels={docker.LABEL: "web"}, substituter=substituter, nocache=nocache, **args)
+        return docker.normalised(built.id), None
+    return _stream_out(project, name, args, substituter, nocache=nocache)
+
+
 def _stream_out(project: Project, name: str, args: dict[str, str],
-                substituter: Substituter | None = None) -> tuple[docker.Image, str]:
+                substituter: Substituter | None = None, *, nocache: bool = False) -> tuple[docker.Image, str]:
     """The load flow: build the builder, stream its /result into the engine, remove it.
 
     Returns the image and the tag Nix gave it."""
-    builder = _build(project, "web", labels={docker.LABEL: "builder"}, substituter=substituter, **args)
+    builder = _build(project, "web", substituter=substituter, nocache=nocache, **args)
     try:
         loaded = docker.stream_into_load(builder.id, ["/result"], known_chains=docker.known_chains(name))
     finally:
@@ -153,23 +182,26 @@ def _check_loaded(loaded: list[str], name: str) -> str:
     if not tags:
         raise BuildFailed(
             f"the images file built {', '.join(loaded) or 'no tagged image'}, not an image named {name}",
-            f"set name = \"{name}\" in the images file's web image, or web.name in invoke.yaml",
+            f"set name = \"{name}\" in the images file's image, or the image name in invoke.yaml (web.name)",
         )
     return tags[0]
 
 
 def _build(project: Project, dockerfile: str, *, tag: str | None = None, labels: dict[str, str] | None = None,
-           substituter: Substituter | None = None, **args: str) -> docker.Image:
+           substituter: Substituter | None = None, nocache: bool = False, **args: str) -> docker.Image:
     # A substituter (ci.bundle) goes into the context and NIX_CONFIG; never into the identity of web images.
     if substituter is not None:
         args = {**args, "NIX_CONFIG": substituter.nix_config()}
     try:
-        return docker.build(str(project.root), project.dockerfile(dockerfile), tag=tag, labels=labels,
+        return docker.build(str(project.root), project.dockerfile(dockerfile), tag=tag, labels=labels, nocache=nocache,
                             buildargs=project.buildargs(dockerfile, **args),
                             extra_context=substituter.context() if substituter is not None else None)
     except BuildFailed as exc:
         nix_error = _nix_error(exc.details)
-        if nix_error and not docker.looks_offline(exc.details):
+        if docker.looks_offline(exc.details):
+            raise NetworkUnavailable(f"the Nix build in {dockerfile}.Dockerfile needs a download and there is no "
+                                     f"network: {nix_error or exc.message}", OFFLINE_HINT, details=exc.details) from None
+        if nix_error:
             raise BuildFailed(
                 f"the Nix build in {dockerfile}.Dockerfile failed: {nix_error}",
                 "fix the Nix expression; the end of the build log is above",

@@ -19,7 +19,10 @@ from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-PACKAGES = ("nix-bin", "skopeo", "umoci", "busybox-static", "ca-certificates", "findutils", "coreutils")
+# s6, execline and patchelf: the test stand-in for nixpkgs copies Debian's s6 and execline
+# into the store (tests/nixpkgs/host-skaware.nix).
+PACKAGES = ("nix-bin", "skopeo", "umoci", "busybox-static", "ca-certificates", "findutils", "coreutils",
+            "s6", "execline", "patchelf")
 
 # What an image needs to find Nix and its profile.
 IMAGE_CHANGES = [

@@ -14,7 +14,7 @@ import re
 import tarfile
 import tempfile
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -140,26 +140,29 @@ def build(
 ) -> Image:
     """`docker build` with the classic builder, streaming its steps to the log.
 
-    A failed build removes the intermediate images it made, so that nothing
-    of it is left behind. `extra_context` adds directories of this machine to
-    the build context (name in the context: directory), past .dockerignore.
+    A failed or interrupted build removes the container of the step under
+    way and the intermediate images it made, so that nothing of it is left
+    behind. `extra_context` adds directories of this machine to the build
+    context (name in the context: directory), past .dockerignore.
     """
     api = client().api
     name = os.path.basename(dockerfile)
     progress = _BuildProgress()
     where = _context_with(context, dockerfile, extra_context) if extra_context else {"path": context, "dockerfile": dockerfile}
+    stream: Generator[dict[str, Any], None, None] | None = None
     try:
-        for chunk in api.build(
+        stream = api.build(
             **where,
             tag=tag,
             buildargs=dict(buildargs or {}),
-            labels={LABEL: "build", **(labels or {})},
+            labels=dict(labels or {}),  # each label is one more step: the builder of the load flow has none
             rm=True,
             forcerm=True,  # intermediate containers go even when a step fails
             nocache=nocache,
             pull=False,
             decode=True,
-        ):
+        )
+        for chunk in stream:
             progress.feed(chunk)
             if "error" in chunk:
                 raise BuildFailed(f"docker build of {name} failed: {chunk['error'].strip().splitlines()[-1]}",
@@ -167,7 +170,9 @@ def build(
     except docker.errors.APIError as exc:
         progress.discard()
         raise _api_error(exc, f"docker build of {name} failed") from None
-    except BaseException:
+    except BaseException:  # Ctrl-C too: the engine stops a build whose client has gone
+        if stream is not None:
+            stream.close()
         progress.discard()
         raise
     finally:
@@ -205,6 +210,7 @@ class _BuildProgress:
     def __init__(self) -> None:
         self.lines: list[str] = []
         self.created: list[str] = []  # intermediate images this build made (not cached, not FROM)
+        self.running: str | None = None  # the container of the step under way
         self.image_id: str | None = None
         self._step = ""
 
@@ -217,10 +223,10 @@ class _BuildProgress:
             elif line.startswith(" ---> Using cache"):
                 self._step = ""
             elif line.startswith(" ---> Running in "):
-                pass
+                self.running = line[len(" ---> Running in "):].strip()
             elif line.startswith(" ---> ") and self._step and " : FROM " not in self._step:
                 self.created.append(line[len(" ---> "):].strip())
-                self._step = ""
+                self._step, self.running = "", None
         if "aux" in chunk and "ID" in chunk["aux"]:
             self.image_id = chunk["aux"]["ID"]
         if "error" in chunk:
@@ -230,6 +236,10 @@ class _BuildProgress:
         return "\n".join(self.lines[-BUILD_TAIL:])
 
     def discard(self) -> None:
+        """Remove what the build made: the container of the step under way (the engine
+        would remove it too, but later), then the intermediate images."""
+        if self.running:
+            _quietly(lambda: client().api.remove_container(self.running, force=True))
         for image in reversed(self.created):
             _quietly(lambda image=image: client().api.remove_image(image))
 
@@ -250,9 +260,10 @@ def stream_into_load(image: str, command: list[str], *, known_chains: set[str]) 
     Layers whose chain is in `known_chains` (the engine has them) are left
     out of what the engine receives (see ci.archive). Nothing is loaded
     unless the command succeeded. Returns the loaded tags; the container is
-    removed.
+    removed, at once when the toolkit stops reading (Ctrl-C).
     """
     api = client().api
+    log.info("running %s in a container of %s and loading what it writes", " ".join(command), image[7:19])
     with _output_channel() as channel:
         container = api.create_container(image, command=channel.command(command), labels={LABEL: "stream"},
                                          host_config=api.create_host_config(binds=channel.binds))["Id"]
@@ -260,8 +271,10 @@ def stream_into_load(image: str, command: list[str], *, known_chains: set[str]) 
             output = channel.open(container)
             try:
                 slimmed = archive.slim(output, known_chains)
-            finally:
-                status = channel.wait(container)
+            except BaseException:  # Ctrl-C, a broken stream: nobody reads its output any more, never wait for it
+                _quietly(lambda: api.kill(container))
+                raise
+            status = channel.wait(container)
             if status != 0:
                 stderr = api.logs(container, stdout=False, stderr=True).decode(errors="replace")
                 raise BuildFailed(
@@ -328,7 +341,8 @@ class _Fifo:
         return self._chunks(stream)
 
     def _watch(self, container: str) -> None:
-        self._status = int(client().api.wait(container)["StatusCode"])
+        with contextlib.suppress(docker.errors.DockerException, requests.RequestException):  # removed already
+            self._status = int(client().api.wait(container)["StatusCode"])
         with contextlib.suppress(OSError):
             os.close(os.open(self.path, os.O_WRONLY | os.O_NONBLOCK))
 
@@ -367,6 +381,44 @@ def load_archive(path: str) -> list[str]:
     """`docker load -i path`."""
     with open(path, "rb") as archive:
         return _load(iter(lambda: archive.read(1 << 20), b""))
+
+
+# The creation date of every image the toolkit writes, as dockerTools' default.
+EPOCH = "1970-01-01T00:00:01Z"
+
+
+def normalised(image: str) -> Image:
+    """A copy of `image` whose config holds no build time and no build container.
+
+    The classic builder stamps both into the config, so that the same layers
+    would get another image ID at every build. Only the config is sent back
+    to the engine (it has the layers); `image` itself is removed.
+    """
+    api = client().api
+    found = require_image(image, "it was just built; is another process removing images?")
+    try:
+        with archive.normalise(api.get_image(found.id), created=EPOCH,
+                               known_chains=set(archive.chain_ids(found.layers))) as fixed:
+            loaded = _load(fixed.chunks())
+    except docker.errors.APIError as exc:
+        raise _api_error(exc, f"cannot rewrite the config of {found.id[:19]}") from None
+    result = require_image(loaded[-1], "docker load reported success but the image is missing")
+    if result.id != found.id:
+        remove_image(found.id)
+    return result
+
+
+@contextmanager
+def saved(image: str) -> Iterator[str]:
+    """`docker save image` into a temporary file, for reading it at random."""
+    with tempfile.NamedTemporaryFile(prefix="nix-ci-save-", suffix=".tar") as file:
+        try:
+            for chunk in client().api.get_image(image):
+                file.write(chunk)
+        except docker.errors.APIError as exc:
+            raise _api_error(exc, f"cannot save {image}") from None
+        file.flush()
+        yield file.name
 
 
 def untag(ref: str) -> None:
@@ -523,8 +575,8 @@ def leftovers() -> list[str]:
 def _quietly(action: Any) -> None:
     try:
         action()
-    except docker.errors.DockerException:
-        log.debug("cleanup failed", exc_info=True)
+    except docker.errors.DockerException as exc:
+        log.debug("cleanup failed: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
 
 
 def _api_error(exc: docker.errors.APIError, what: str) -> ToolkitError:

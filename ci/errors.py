@@ -69,12 +69,20 @@ class RegistryError(ToolkitError):
     """A registry did not answer, refused credentials, or lacks an image."""
 
 
+class RegistryUnreachable(RegistryError):
+    """A registry did not answer or dropped the connection: worth trying again, unlike the other RegistryErrors."""
+
+
 class PortInUse(ToolkitError):
     """A port the toolkit must publish on is taken."""
 
 
 class ConfigError(ToolkitError):
     """The configuration or a task argument is invalid."""
+
+
+class DiskFull(ToolkitError):
+    """A write failed for lack of space (ENOSPC)."""
 
 
 def _tail(output: str, lines: int = 20) -> str:

@@ -346,10 +346,15 @@ def _download(registry: oras.provider.Registry, container: oras.container.Contai
     with response:
         _expect(response, ref, f"downloading {layer.title or layer.digest}", (200,))
         with open(destination, "wb") as out:
-            for chunk in response.iter_content(chunk_size=1 << 20):
-                hasher.update(chunk)
-                size += len(chunk)
-                out.write(chunk)
+            try:
+                for chunk in response.iter_content(chunk_size=1 << 20):
+                    hasher.update(chunk)
+                    size += len(chunk)
+                    out.write(chunk)
+            except requests.RequestException as exc:  # the connection broke mid-transfer
+                raise RegistryError(f"the registry {ref.registry} stopped answering while sending "
+                                    f"{layer.title or layer.digest} ({type(exc).__name__} after {size} of {layer.size} bytes)",
+                                    "check that it is running, then try again") from None
     digest = f"sha256:{hasher.hexdigest()}"
     if digest != layer.digest or size != layer.size:
         raise RegistryError(

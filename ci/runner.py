@@ -2,12 +2,15 @@
 
 Every external program (skopeo, umoci, nix, mmdebstrap, ...) runs through
 `run`, which finds the binary on PATH, logs the command, keeps its output, and
-turns a failure into a CommandFailed carrying the tail of that output. The
-Docker engine is not a process: ci.docker talks to it through the SDK.
+turns a failure into a CommandFailed carrying the tail of that output. A
+program never outlives the toolkit's interest in it: on Ctrl-C or any other
+exception it is stopped. The Docker engine is not a process: ci.docker talks
+to it through the SDK.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shlex
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 
 import sh
 
+from .credentials import PASSWORD_VARIABLE
 from .errors import CommandFailed, ToolMissing
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,12 @@ INSTALL_HINTS = {
 }
 
 TAIL_LINES = 20
+
+# Seconds a program gets to end after SIGTERM, once the toolkit stops waiting for it.
+STOP_TIMEOUT = 5
+
+# Never passed on: programs get credentials through files (ci.skopeo.auth_file).
+WITHHELD_VARIABLES = (PASSWORD_VARIABLE,)
 
 
 @dataclass(frozen=True)
@@ -74,27 +84,42 @@ def run(
 ) -> Completed:
     """Run `program args...`, logging the command; raise CommandFailed on a non-zero exit.
 
-    `env` adds to the current environment (secrets go there, never in args).
-    `on_line` receives each output line as it arrives, for progress.
+    `env` adds to the current environment, less WITHHELD_VARIABLES (secrets
+    go in files, never in args). `on_line` receives each output line as it
+    arrives, for progress. When the toolkit stops waiting (Ctrl-C, an error
+    in `on_line`), the program is stopped; a program ended by SIGINT (Ctrl-C
+    sent to the whole process group) raises KeyboardInterrupt.
     """
     argv = [which(program), *args]
     log.debug("$ %s", shlex.join([program, *args]))
     lines: list[str] = []
+    environment = {name: value for name, value in {**os.environ, **(env or {})}.items() if name not in WITHHELD_VARIABLES}
+    process = None
     try:
         # Iterating (rather than output callbacks, which sh polls every 0.1 s)
         # keeps a short command short.
-        for line in sh.Command(argv[0])(
+        process = sh.Command(argv[0])(
             *argv[1:],
             _iter=True,
             _bg_exc=False,  # the error is raised here, not printed by sh's thread
             _err_to_out=True,
             _tty_out=False,  # no pager, no colour codes in what we keep
-            _env={**os.environ, **(env or {})},
+            _env=environment,
             _cwd=cwd,
-        ):
+        )
+        for line in process:
             lines.append(line)
             if on_line is not None:
                 on_line(line.rstrip("\n"))
+    except sh.SignalException as exc:
+        if exc.exit_code == -signal.SIGINT:
+            raise KeyboardInterrupt from None
+        raise CommandFailed(
+            f"{program} was killed by signal {-exc.exit_code}",
+            argv=[program, *args],
+            exit_code=exc.exit_code,
+            output="".join(lines),
+        ) from None
     except sh.ErrorReturnCode as exc:
         output = "".join(lines)
         last = _last_line(output) or f"exit code {exc.exit_code}"
@@ -104,14 +129,28 @@ def run(
             exit_code=exc.exit_code,
             output=output,
         ) from None
-    except sh.SignalException as exc:
-        raise CommandFailed(
-            f"{program} was killed by signal {-exc.exit_code}",
-            argv=[program, *args],
-            exit_code=exc.exit_code,
-            output="".join(lines),
-        ) from None
+    finally:
+        if process is not None:
+            _stop(process, program)
     return Completed([program, *args], "".join(lines))
+
+
+def _stop(process: sh.RunningCommand, program: str) -> None:
+    """End a program still running: SIGTERM, then SIGKILL after STOP_TIMEOUT seconds."""
+    if not process.is_alive():
+        return
+    log.debug("stopping %s (pid %d)", program, process.pid)
+    with contextlib.suppress(ProcessLookupError):
+        process.terminate()
+    try:
+        process.wait(timeout=STOP_TIMEOUT)
+    except sh.TimeoutException:
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+        with contextlib.suppress(sh.ErrorReturnCode):
+            process.wait()
+    except sh.ErrorReturnCode:
+        pass  # it ended, as asked
 
 
 def _last_line(output: str) -> str:

@@ -2,25 +2,76 @@
 
 Every copy uses the policy file shipped in images/ (never --insecure-policy),
 verifies TLS for every registry but loopback ones, and takes credentials from
-an auth file, never from the command line.
+an auth file, never from the command line. A registry that does not answer is
+tried again a few times, with growing waits (RETRY); nothing else is.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import logging
 import re
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
+
+import tenacity
 
 from . import credentials, runner
-from .errors import CommandFailed, RegistryError
+from .errors import CommandFailed, DiskFull, RegistryError, RegistryUnreachable
 from .refs import is_loopback
 
+log = logging.getLogger(__name__)
+
 POLICY = Path(__file__).resolve().parent.parent / "images" / "policy.json"
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How a copy or inspect is tried again while the registry does not answer."""
+
+    attempts: int  # tries in all
+    first_wait: float  # seconds before the second try; each later wait doubles
+    max_wait: float  # the longest single wait
+
+
+# A registry that restarts or drops its connections gets three more tries
+# after waits of 1, 2 and 4 s: about 7 s in all. Refused credentials, missing
+# images, bad references and certificates are never tried again.
+RETRY = Retry(attempts=4, first_wait=1.0, max_wait=4.0)
+
+
+def with_retries(action: Callable[[], T], what: str, policy: Retry = RETRY) -> T:
+    """`action()`, tried again with exponential backoff while it raises RegistryUnreachable.
+
+    Each retry is one warning line; when the last try fails too, its error
+    says how many tries there were.
+    """
+    def say_retry(state: tenacity.RetryCallState) -> None:
+        failure = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0
+        log.warning("%s while %s; trying again in %g s (try %d of %d)",
+                    getattr(failure, "message", failure), what, wait, state.attempt_number + 1, policy.attempts)
+
+    retrying = tenacity.Retrying(
+        retry=tenacity.retry_if_exception_type(RegistryUnreachable),
+        stop=tenacity.stop_after_attempt(policy.attempts),
+        wait=tenacity.wait_exponential(multiplier=policy.first_wait, max=policy.max_wait),
+        before_sleep=say_retry,
+        reraise=True,
+    )
+    try:
+        return retrying(action)
+    except RegistryUnreachable as exc:
+        if policy.attempts < 2:
+            raise
+        raise RegistryUnreachable(f"{exc.message} (tried {policy.attempts} times)", exc.hint, details=exc.details) from None
 
 
 @dataclass(frozen=True)
@@ -89,29 +140,38 @@ def copy(source: str, destination: str, *, insecure: bool = False,
     """`skopeo copy source destination`, returning the written manifest's digest.
 
     skopeo says which blobs it skipped only in its debug output, so it runs
-    with --debug; those lines are parsed, never shown.
+    with --debug; those lines are parsed, never shown. A registry that does
+    not answer is tried again (RETRY); blobs it already received are skipped.
+    skopeo's temporary files (a whole image, from docker-daemon:) go into the
+    toolkit's own temporary directory, which goes away even when skopeo is
+    killed.
     """
     registries = [r for r in (registry_of(source), registry_of(destination)) if r]
     with tempfile.TemporaryDirectory(prefix="nix-ci-copy-") as work, auth_file(registries) as auth:
         digest_file = Path(work) / "digest"
-        try:
-            result = runner.run(
-                "skopeo",
-                [
-                    "--debug",
-                    f"--policy={POLICY}",
-                    "copy",
-                    *auth,
-                    *tls_flags("src", source, insecure),
-                    *tls_flags("dest", destination, insecure),
-                    f"--digestfile={digest_file}",
-                    source,
-                    destination,
-                ],
-                on_line=lambda line: on_line(line) if on_line and not _DEBUG.match(line) else None,
-            )
-        except CommandFailed as exc:
-            raise _explain(exc, destination if registry_of(destination) else source) from None
+
+        def attempt() -> runner.Completed:
+            try:
+                return runner.run(
+                    "skopeo",
+                    [
+                        "--debug",
+                        f"--policy={POLICY}",
+                        "copy",
+                        *auth,
+                        *tls_flags("src", source, insecure),
+                        *tls_flags("dest", destination, insecure),
+                        f"--digestfile={digest_file}",
+                        source,
+                        destination,
+                    ],
+                    env={"TMPDIR": work},
+                    on_line=lambda line: on_line(line) if on_line and not _DEBUG.match(line) else None,
+                )
+            except CommandFailed as exc:
+                raise _explain(exc, destination if registry_of(destination) else source) from None
+
+        result = with_retries(attempt, f"copying to {destination}")
         digest = digest_file.read_text().strip()
     blobs = re.findall(r"^Copying blob (sha256:[0-9a-f]{64})", result.output, re.M)
     skipped = set(re.findall(r"Skipping blob (sha256:[0-9a-f]{64}) \(already present\)", result.output))
@@ -149,27 +209,41 @@ def inspect(name: str, *, insecure: bool = False) -> RemoteImage:
 
 def _inspect(name: str, insecure: bool, *options: str) -> str:
     with auth_file([r for r in [registry_of(name)] if r]) as auth:
-        try:
-            return runner.run("skopeo", ["inspect", *options, *auth, *tls_flags("", name, insecure), name]).output
-        except CommandFailed as exc:
-            raise _explain(exc, name) from None
+        def attempt() -> str:
+            try:
+                return runner.run("skopeo", ["inspect", *options, *auth, *tls_flags("", name, insecure), name]).output
+            except CommandFailed as exc:
+                raise _explain(exc, name) from None
+
+        return with_retries(attempt, f"reading {name}")
 
 
 def _explain(exc: CommandFailed, name: str) -> Exception:
-    """Turn skopeo's messages into the one line a user needs."""
-    text = exc.output
+    """Turn skopeo's messages into the one line a user needs.
+
+    Only what skopeo says without --debug counts: its debug lines tell of
+    steps that went fine (an HTTPS ping answered in HTTP, a 401 before the
+    credentials were sent), not of why it failed.
+    """
+    text = "".join(line for line in exc.output.splitlines(keepends=True) if not _DEBUG.match(line))
     registry = registry_of(name)
     where = registry or name
+    full = re.search(r"(/[^\s:\"]+)?: no space left on device", text, re.I)
+    if full:
+        return DiskFull(f"no space left on device{f' writing {full[1]}' if full[1] else ''}",
+                        "free space or choose another directory")
     if re.search(r"unauthorized|authentication required|invalid username/password|denied", text, re.I):
         return RegistryError(
             f"the registry {where} refused the credentials",
             f"log in with `skopeo login {where}` or set {credentials.USERNAME_VARIABLE} and {credentials.PASSWORD_VARIABLE}",
         )
-    if re.search(r"connection refused|no such host|i/o timeout|network is unreachable|connection reset", text, re.I):
-        return RegistryError(
+    if _UNREACHABLE.search(text) or _DROPPED.search(text):
+        return RegistryUnreachable(
             f"the registry {where} does not answer",
             "check that it is running and that the host and port are right",
         )
+    if re.search(r"no such host", text, re.I):  # a misspelt name, most likely: not tried again
+        return RegistryError(f"the registry {where} does not answer (no such host)", "check the host name")
     if re.search(r"http: server gave HTTP response to HTTPS client", text):
         return RegistryError(f"the registry {where} speaks plain HTTP", "use HTTPS, or pass --insecure if you trust it")
     if re.search(r"x509|certificate", text):
@@ -179,9 +253,17 @@ def _explain(exc: CommandFailed, name: str) -> Exception:
         )
     if re.search(r"manifest unknown|name unknown|not found", text, re.I):
         return RegistryError(f"{name} does not exist", "check the name and tag")
-    quiet = "".join(line for line in text.splitlines(keepends=True) if not _DEBUG.match(line))
-    return CommandFailed(exc.message, argv=exc.argv, exit_code=exc.returncode, output=quiet)
+    return CommandFailed(exc.message, argv=exc.argv, exit_code=exc.returncode, output=text)
 
 
 # skopeo --debug lines, parsed but never shown.
 _DEBUG = re.compile(r'^time="[^"]*" level=debug ')
+
+# A registry that is down, or went away in the middle of a request.
+_UNREACHABLE = re.compile(
+    r"connection refused|connection reset|broken pipe|use of closed network connection|i/o timeout|network is unreachable",
+    re.I,
+)
+
+# A registry that died mid-request: Go's HTTP client says only EOF.
+_DROPPED = re.compile(r'(?:Get|Head|Post|Put|Patch|Delete) \\?"https?://[^"]*\\?": (?:unexpected )?EOF')

@@ -3,16 +3,18 @@ layouts, or extract it to an archive, a layout or a root filesystem."""
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import docker, skopeo, umoci
-from .errors import ConfigError
-from .refs import Destination, parse_destination
+from .errors import ConfigError, DiskFull, ToolkitError
+from .refs import Destination, check_tag, parse_destination
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +31,13 @@ class Pushed:
         return f"{self.destination} {self.digest} uploaded={self.bytes_uploaded} skipped={self.bytes_skipped}"
 
 
-def local_image(name: str, known: list[str], tag: str = "latest") -> str:
-    """name:tag of a local image the toolkit builds; refuses names it does not know."""
+def local_image(image: str, known: list[str]) -> str:
+    """name:tag of a local image the toolkit builds (NAME or NAME:TAG, latest by default);
+    refuses names it does not know."""
+    name, _, tag = image.partition(":")
     if name not in known:
         raise ConfigError(f"unknown image '{name}'", f"known images: {', '.join(known)}")
-    ref = f"{name}:{tag}"
+    ref = f"{name}:{check_tag(tag or 'latest')}"
     docker.require_image(ref, f"build it first: invoke build-{name}")
     return ref
 
@@ -104,7 +108,9 @@ def extract(image: str, target: str) -> Destination:
     """Write the local `image` to docker-archive:FILE, oci:DIR[:TAG] or rootfs:DIR.
 
     Files and directories appear only once complete: the work happens beside
-    the destination and is renamed into place.
+    the destination and is renamed into place (an existing OCI layout gets
+    the tag in place). When the disk fills up, nothing is left behind and the
+    error names the directory.
     """
     destination = parse_destination(target, allowed=("docker-archive", "oci", "rootfs"),
                                     default_tag=image.rpartition(":")[2])
@@ -116,20 +122,47 @@ def extract(image: str, target: str) -> Destination:
     except OSError as exc:
         raise ConfigError(f"cannot write under {path.parent}: {exc.strerror}", "choose a writable directory") from None
     source = f"docker-daemon:{image}"
-    with tempfile.TemporaryDirectory(prefix=".extract-", dir=path.parent) as work:
-        if destination.transport == "docker-archive":
-            partial = Path(work) / "image.tar"
-            skopeo.copy(source, f"docker-archive:{partial}:{image}", on_line=_progress)
-            os.replace(partial, path)
-        elif destination.transport == "oci":
-            skopeo.copy(source, f"oci:{path}:{destination.tag}", on_line=_progress)
-        else:
-            layout = Path(work) / "layout"
-            skopeo.copy(source, f"oci:{layout}:image", on_line=_progress)
-            umoci.raw_unpack(layout, "image", Path(work) / "rootfs")
-            os.replace(Path(work) / "rootfs", path)
-            shutil.rmtree(layout)
+    try:
+        with tempfile.TemporaryDirectory(prefix=".extract-", dir=path.parent) as work:
+            if destination.transport == "docker-archive":
+                partial = Path(work) / "image.tar"
+                skopeo.copy(source, f"docker-archive:{partial}:{image}", on_line=_progress)
+                os.replace(partial, path)
+            elif destination.transport == "oci" and path.exists():
+                skopeo.copy(source, f"oci:{path}:{destination.tag}", on_line=_progress)
+            elif destination.transport == "oci":
+                skopeo.copy(source, f"oci:{Path(work) / 'layout'}:{destination.tag}", on_line=_progress)
+                os.replace(Path(work) / "layout", path)
+            else:
+                layout = Path(work) / "layout"
+                skopeo.copy(source, f"oci:{layout}:image", on_line=_progress)
+                umoci.raw_unpack(layout, "image", Path(work) / "rootfs")
+                os.replace(Path(work) / "rootfs", path)
+                shutil.rmtree(layout)
+    except (ToolkitError, OSError) as exc:
+        full = _out_of_space(exc, path.parent)
+        if full is None:
+            raise
+        raise full from None
     return destination
+
+
+def _out_of_space(exc: ToolkitError | OSError, directory: Path) -> DiskFull | None:
+    """The one line for a write that found the disk full, naming where; None for other failures."""
+    if isinstance(exc, OSError):
+        if exc.errno != errno.ENOSPC:
+            return None
+        written = str(exc.filename or "")
+    else:
+        text = f"{exc.message}\n{getattr(exc, 'output', '')}"
+        if "no space left on device" not in text.lower():
+            return None
+        found = re.search(r"(/[^\s:\"]+): no space left on device|no space left on device writing (/\S+)", text, re.I)
+        written = (found[1] or found[2]) if found else ""
+    temporary = Path(tempfile.gettempdir())
+    if written and not Path(written).is_relative_to(directory) and Path(written).is_relative_to(temporary):
+        directory = temporary  # skopeo's copy of the image, under TMPDIR
+    return DiskFull(f"no space left on device under {directory}", "free space or choose another directory")
 
 
 def _progress(line: str) -> None:

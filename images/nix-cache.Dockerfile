@@ -8,6 +8,10 @@ FROM ${BASE_IMAGE}
 
 ARG PKGS=nix/nixpkgs
 ARG IMAGES=nix/images.nix
+# NIX_CONFIG: extra Nix settings for the builds below; `--substituter REF`
+# sets it to a binary cache pulled from a registry (in the build context,
+# /src/.nix-substituter) and the public keys its paths must be signed with.
+ARG NIX_CONFIG=
 
 COPY . /src
 WORKDIR /src

@@ -86,6 +86,8 @@ let
     ln -s /usr/bin/${tool} $out/bin/${tool}
   '';
 
+  hostSkaware = import ./host-skaware.nix { inherit system runCommand; };
+
 in
 {
   inherit busybox runCommand writeTextFile writeText;
@@ -100,11 +102,45 @@ in
     destination = "/${path}";
   };
 
+  # mkShell { name, packages, shellHook }: an environment for nix-shell.
+  # nix-shell sources $stdenv/setup, which here only puts the bin/ of each
+  # package on PATH and defines runHook for shellHook. The shell is the bash
+  # nix-shell finds: NIX_BUILD_SHELL, else bash on the PATH it was started
+  # with (it says it cannot build <nixpkgs>'s bashInteractive first). Building
+  # the environment only writes a note.
+  mkShell = { name ? "nix-shell", packages ? [ ], buildInputs ? [ ], nativeBuildInputs ? [ ], shellHook ? "" }:
+    let
+      setup = writeTextFile {
+        name = "stand-in-stdenv";
+        destination = "/setup";
+        text = ''
+          PATH=
+          for package in $nativeBuildInputs $buildInputs; do PATH=$PATH''${PATH:+:}$package/bin; done
+          export PATH
+          runHook() { eval "''${!1:-}"; }
+        '';
+      };
+    in
+    derivation {
+      inherit name system shellHook buildInputs;
+      nativeBuildInputs = packages ++ nativeBuildInputs;
+      stdenv = setup;
+      builder = "${busybox}/bin/busybox";
+      args = [ "sh" "-c" "echo '${name}: an environment for nix-shell' > $out" ];
+    };
+
   # writeScript name text: text in the executable file $out.
   writeScript = name: text: writeTextFile { inherit name text; executable = true; };
 
   skopeo = hostTool "skopeo";
   umoci = hostTool "umoci";
+
+  # s6 and execline: the machine's Debian packages copied into the store
+  # (impure on purpose, see host-skaware.nix). s6.debianPaths links the
+  # paths Debian compiled into them (/usr/bin/s6-supervise, ...): images
+  # that run this s6 need it in their contents.
+  inherit (hostSkaware) execline;
+  s6 = hostSkaware.s6 // { inherit (hostSkaware) debianPaths; };
 
   dockerTools = import ./docker-tools.nix { inherit system busybox runCommand writeText; };
 }
