@@ -16,13 +16,12 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import cache as cache_images
-from . import debian, docker, reproducible, transfer
+from . import debian, docker, nix, reproducible, transfer
 from .cache import CacheSettings
 from .errors import BuildFailed, ConfigError, NetworkUnavailable
 from .project import Project
@@ -197,20 +196,8 @@ def _build(project: Project, dockerfile: str, *, tag: str | None = None, labels:
                             buildargs=project.buildargs(dockerfile, **args),
                             extra_context=substituter.context() if substituter is not None else None)
     except BuildFailed as exc:
-        nix_error = _nix_error(exc.details)
-        if docker.looks_offline(exc.details):
-            raise NetworkUnavailable(f"the Nix build in {dockerfile}.Dockerfile needs a download and there is no "
-                                     f"network: {nix_error or exc.message}", OFFLINE_HINT, details=exc.details) from None
-        if nix_error:
-            raise BuildFailed(
-                f"the Nix build in {dockerfile}.Dockerfile failed: {nix_error}",
-                "fix the Nix expression; the end of the build log is above",
-                details=exc.details,
-            ) from None
-        raise
-
-
-def _nix_error(log_tail: str) -> str:
-    """The first `error: ...` line Nix printed (later ones are its consequences), if any."""
-    errors = re.findall(r"^error:\s*(.+)$", log_tail, re.M)
-    return errors[0].strip() if errors else ""
+        if not nix.first_error(exc.details) and not docker.looks_offline(exc.details):
+            raise
+        raise nix.build_error(f"the Nix build in {dockerfile}.Dockerfile", exc.details, fallback=exc.message,
+                              offline=f"the Nix build in {dockerfile}.Dockerfile needs a download and there is no network",
+                              offline_hint=OFFLINE_HINT) from None

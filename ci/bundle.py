@@ -31,8 +31,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import archive, docker, oras
-from .errors import BuildFailed, ConfigError, IntegrityError, NetworkUnavailable, RegistryError, ToolkitError
+from . import archive, docker, nix, oras
+from .errors import BuildFailed, ConfigError, IntegrityError, NetworkUnavailable, RegistryError, naming_full_disk
 
 log = logging.getLogger(__name__)
 
@@ -370,8 +370,11 @@ def make_bundle(root: Path, *, builder: str, expression: str, attr: str, pkgs: s
     with docker.one_off_container(builder, command, files=_inputs_tar(root, [expression, pkgs], secret)) as container:
         finished = container.run(lambda line: log.info("%s", line))
         if finished.status != 0:
-            raise _build_error(expression, attr, finished)
-        with tempfile.TemporaryDirectory(prefix=".bundle-", dir=output.parent) as work:
+            raise nix.build_error(f"bundling {expression} -A {attr}", finished.stderr_tail, fallback=f"exit {finished.status}",
+                                  offline=f"building {expression} needs sources that are not in the builder's store: no network",
+                                  offline_hint="build the builder with network access (`invoke build-base`), "
+                                               "or use a builder whose store holds them")
+        with naming_full_disk(output.parent), tempfile.TemporaryDirectory(prefix=".bundle-", dir=output.parent) as work:
             tree, target = _unpack(container.copy_out(OUTPUT_DIR), Path(work) / "tree")
             partial = Path(work) / "closure.tar"
             _write_bundle(tree, target, partial)
@@ -399,19 +402,6 @@ def _no_results(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
     """Leave out result links of builds by hand, and Python caches."""
     name = Path(member.name).name
     return None if name.startswith("result") or name == "__pycache__" else member
-
-
-def _build_error(expression: str, attr: str, finished: docker.Finished) -> ToolkitError:
-    if docker.looks_offline(finished.stderr_tail):
-        return NetworkUnavailable(
-            f"building {expression} needs sources that are not in the builder's store: no network",
-            "build the builder with network access (`invoke build-base`), or use a builder whose store holds them",
-            details=finished.stderr_tail,
-        )
-    errors = re.findall(r"^error:\s*(.+)$", finished.stderr_tail, re.M)
-    reason = errors[0].strip() if errors else f"exit {finished.status}"
-    return BuildFailed(f"bundling {expression} -A {attr} failed: {reason}",
-                       "the end of the build log is above", details=finished.stderr_tail)
 
 
 def _unpack(stream: Iterator[bytes], tree: Path) -> tuple[Path, str]:

@@ -11,9 +11,11 @@ import contextlib
 import logging
 import os
 import re
+import signal
 import tarfile
 import tempfile
 import threading
+import uuid
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -264,10 +266,12 @@ def stream_into_load(image: str, command: list[str], *, known_chains: set[str]) 
     """
     api = client().api
     log.info("running %s in a container of %s and loading what it writes", " ".join(command), image[7:19])
+    container = f"nix-ci-stream-{uuid.uuid4().hex[:16]}"
     with _output_channel() as channel:
-        container = api.create_container(image, command=channel.command(command), labels={LABEL: "stream"},
-                                         host_config=api.create_host_config(binds=channel.binds))["Id"]
         try:
+            with _holding_ctrl_c():  # the engine finishes creating it, so that it is removed below
+                api.create_container(image, command=channel.command(command), labels={LABEL: "stream"}, name=container,
+                                     host_config=api.create_host_config(binds=channel.binds))
             output = channel.open(container)
             try:
                 slimmed = archive.slim(output, known_chains)
@@ -572,6 +576,23 @@ def leftovers() -> list[str]:
     return found
 
 
+@contextmanager
+def _holding_ctrl_c() -> Iterator[None]:
+    """Ctrl-C (SIGINT) held back until the block ends, then raised: an engine call that creates
+    something completes, so that what it made is known and can be removed. The main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda number, _frame: held.append(number))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if held and callable(previous):
+            previous(signal.SIGINT, None)  # the default handler raises KeyboardInterrupt
+
+
 def _quietly(action: Any) -> None:
     try:
         action()
@@ -634,16 +655,21 @@ def one_off_container(image: str, command: list[str], *, files: bytes | None = N
     """A container of `image` for `command`, with the tar archive `files` unpacked
     at / and the host `devices` passed in; removed on leaving, whatever happened."""
     api = client().api
+    container = f"nix-ci-one-off-{uuid.uuid4().hex[:16]}"
     try:
-        container = api.create_container(
-            image, command=command, labels={LABEL: "one-off"},
-            host_config=api.create_host_config(devices=[f"{d}:{d}:rwm" for d in devices]),
-        )["Id"]
+        with _holding_ctrl_c():  # the engine finishes creating it, so that it is removed below
+            api.create_container(
+                image, command=command, labels={LABEL: "one-off"}, name=container,
+                host_config=api.create_host_config(devices=[f"{d}:{d}:rwm" for d in devices]),
+            )
     except docker.errors.ImageNotFound:
         raise ImageNotFound(f"image {image} is not in the local Docker engine",
                             "build it with `invoke build-base` (offline: add --from-debian)") from None
     except docker.errors.APIError as exc:
         raise _api_error(exc, f"cannot create a container of {image}") from None
+    except KeyboardInterrupt:
+        _quietly(lambda: api.remove_container(container, force=True))
+        raise
     try:
         if files is not None and not api.put_archive(container, "/", files):
             raise ToolkitError(f"cannot copy the build inputs into a container of {image}")

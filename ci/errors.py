@@ -8,6 +8,13 @@ traceback.
 
 from __future__ import annotations
 
+import errno
+import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
 
 class ToolkitError(Exception):
     """A failure meant for the user: what went wrong, and how to fix it."""
@@ -83,6 +90,43 @@ class ConfigError(ToolkitError):
 
 class DiskFull(ToolkitError):
     """A write failed for lack of space (ENOSPC)."""
+
+
+NO_SPACE_HINT = "free space or choose another directory"
+
+
+def no_space(exc: BaseException, directory: Path) -> DiskFull | None:
+    """The one line for a write under `directory` that found the disk full (ENOSPC, or a program
+    saying so), naming the directory; None for any other failure. A write that went to the
+    temporary directory instead (TMPDIR) is named as such."""
+    if isinstance(exc, OSError):
+        if exc.errno != errno.ENOSPC:
+            return None
+        written = str(exc.filename or "")
+    elif isinstance(exc, ToolkitError):
+        text = f"{exc.message}\n{getattr(exc, 'output', '')}"
+        if "no space left on device" not in text.lower():
+            return None
+        found = re.search(r"(/[^\s:\"]+): no space left on device|no space left on device writing (/\S+)", text, re.I)
+        written = (found[1] or found[2]) if found else ""
+    else:
+        return None
+    temporary = Path(tempfile.gettempdir())
+    if written and not Path(written).is_relative_to(directory) and Path(written).is_relative_to(temporary):
+        directory = temporary
+    return DiskFull(f"no space left on device under {directory}", NO_SPACE_HINT)
+
+
+@contextmanager
+def naming_full_disk(directory: Path) -> Iterator[None]:
+    """Writes under `directory` inside: a full disk becomes DiskFull naming it (see no_space)."""
+    try:
+        yield
+    except (ToolkitError, OSError) as exc:
+        full = no_space(exc, directory)
+        if full is None:
+            raise
+        raise full from None
 
 
 def _tail(output: str, lines: int = 20) -> str:

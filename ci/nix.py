@@ -6,10 +6,11 @@ toolkit only parses expressions, which works with no nixpkgs at all.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from . import runner
-from .errors import CommandFailed, ConfigError
+from . import docker, runner
+from .errors import BuildFailed, CommandFailed, ConfigError, NetworkUnavailable, ToolkitError
 
 
 def parse(path: Path) -> None:
@@ -31,3 +32,20 @@ def parse_all(root: Path, folders: tuple[str, ...] = ("nix", "tests")) -> list[P
     for path in files:
         parse(path)
     return files
+
+
+def first_error(log_tail: str) -> str:
+    """The first `error: ...` line Nix printed (later ones are its consequences), or ""."""
+    errors = re.findall(r"^error:\s*(.+)$", log_tail, re.M)
+    return errors[0].strip() if errors else ""
+
+
+def build_error(what: str, log_tail: str, *, fallback: str, offline: str, offline_hint: str) -> ToolkitError:
+    """The one line for a failed Nix build of `what`: no network, or Nix's first error.
+
+    `fallback` stands in for Nix's error when it printed none (an exit code);
+    `offline` and `offline_hint` say what a missing download means here."""
+    if docker.looks_offline(log_tail):
+        return NetworkUnavailable(f"{offline}: {first_error(log_tail) or fallback}", offline_hint, details=log_tail)
+    return BuildFailed(f"{what} failed: {first_error(log_tail) or fallback}",
+                       "fix the Nix expression; the end of the build log is above", details=log_tail)

@@ -157,6 +157,7 @@ def copy(source: str, destination: str, *, insecure: bool = False,
                     [
                         "--debug",
                         f"--policy={POLICY}",
+                        f"--tmpdir={work}",  # not /var/tmp, where a killed skopeo leaves a whole image
                         "copy",
                         *auth,
                         *tls_flags("src", source, insecure),
@@ -165,7 +166,6 @@ def copy(source: str, destination: str, *, insecure: bool = False,
                         source,
                         destination,
                     ],
-                    env={"TMPDIR": work},
                     on_line=lambda line: on_line(line) if on_line and not _DEBUG.match(line) else None,
                 )
             except CommandFailed as exc:

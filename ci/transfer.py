@@ -3,17 +3,15 @@ layouts, or extract it to an archive, a layout or a root filesystem."""
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import docker, skopeo, umoci
-from .errors import ConfigError, DiskFull, ToolkitError
+from .errors import ConfigError, naming_full_disk
 from .refs import Destination, check_tag, parse_destination
 
 log = logging.getLogger(__name__)
@@ -122,47 +120,23 @@ def extract(image: str, target: str) -> Destination:
     except OSError as exc:
         raise ConfigError(f"cannot write under {path.parent}: {exc.strerror}", "choose a writable directory") from None
     source = f"docker-daemon:{image}"
-    try:
-        with tempfile.TemporaryDirectory(prefix=".extract-", dir=path.parent) as work:
-            if destination.transport == "docker-archive":
-                partial = Path(work) / "image.tar"
-                skopeo.copy(source, f"docker-archive:{partial}:{image}", on_line=_progress)
-                os.replace(partial, path)
-            elif destination.transport == "oci" and path.exists():
-                skopeo.copy(source, f"oci:{path}:{destination.tag}", on_line=_progress)
-            elif destination.transport == "oci":
-                skopeo.copy(source, f"oci:{Path(work) / 'layout'}:{destination.tag}", on_line=_progress)
-                os.replace(Path(work) / "layout", path)
-            else:
-                layout = Path(work) / "layout"
-                skopeo.copy(source, f"oci:{layout}:image", on_line=_progress)
-                umoci.raw_unpack(layout, "image", Path(work) / "rootfs")
-                os.replace(Path(work) / "rootfs", path)
-                shutil.rmtree(layout)
-    except (ToolkitError, OSError) as exc:
-        full = _out_of_space(exc, path.parent)
-        if full is None:
-            raise
-        raise full from None
+    with naming_full_disk(path.parent), tempfile.TemporaryDirectory(prefix=".extract-", dir=path.parent) as work:
+        if destination.transport == "docker-archive":
+            partial = Path(work) / "image.tar"
+            skopeo.copy(source, f"docker-archive:{partial}:{image}", on_line=_progress)
+            os.replace(partial, path)
+        elif destination.transport == "oci" and path.exists():
+            skopeo.copy(source, f"oci:{path}:{destination.tag}", on_line=_progress)
+        elif destination.transport == "oci":
+            skopeo.copy(source, f"oci:{Path(work) / 'layout'}:{destination.tag}", on_line=_progress)
+            os.replace(Path(work) / "layout", path)
+        else:
+            layout = Path(work) / "layout"
+            skopeo.copy(source, f"oci:{layout}:image", on_line=_progress)
+            umoci.raw_unpack(layout, "image", Path(work) / "rootfs")
+            os.replace(Path(work) / "rootfs", path)
+            shutil.rmtree(layout)
     return destination
-
-
-def _out_of_space(exc: ToolkitError | OSError, directory: Path) -> DiskFull | None:
-    """The one line for a write that found the disk full, naming where; None for other failures."""
-    if isinstance(exc, OSError):
-        if exc.errno != errno.ENOSPC:
-            return None
-        written = str(exc.filename or "")
-    else:
-        text = f"{exc.message}\n{getattr(exc, 'output', '')}"
-        if "no space left on device" not in text.lower():
-            return None
-        found = re.search(r"(/[^\s:\"]+): no space left on device|no space left on device writing (/\S+)", text, re.I)
-        written = (found[1] or found[2]) if found else ""
-    temporary = Path(tempfile.gettempdir())
-    if written and not Path(written).is_relative_to(directory) and Path(written).is_relative_to(temporary):
-        directory = temporary  # skopeo's copy of the image, under TMPDIR
-    return DiskFull(f"no space left on device under {directory}", "free space or choose another directory")
 
 
 def _progress(line: str) -> None:

@@ -21,8 +21,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import archive, cidata, docker, oras, qemu
-from .errors import BuildFailed, CommandFailed, ConfigError, ImageNotFound, NetworkUnavailable, ToolkitError
+from . import archive, cidata, docker, nix, oras, qemu
+from .errors import BuildFailed, CommandFailed, ConfigError, ImageNotFound, ToolkitError
 from .run import check_port_free
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,11 @@ def build_vm(root: Path, *, builder: str, expression: str, pkgs: str, vm_setting
                                   devices=[str(qemu.KVM_DEVICE)] if accel.kvm else []) as container:
         finished = container.run(lambda line: log.info("%s", line))
         if finished.status != 0:
-            raise _build_error(expression, pkgs, finished)
+            raise nix.build_error(f"the Nix build of {expression}", finished.stderr_tail, fallback=f"exit {finished.status}",
+                                  offline=f"the VM build needs sources that are not in the builder's store "
+                                          f"({pkgs} or a package): no network",
+                                  offline_hint="build the builder with network access (`invoke build-base`), "
+                                               "or use a builder whose store holds them")
         store_path = _store_path(finished.stdout)
         with tempfile.TemporaryDirectory(prefix=".build-vm-", dir=output.parent) as work:
             partial = _extract_qcow2(container.copy_out(store_path), Path(work), store_path)
@@ -200,19 +204,6 @@ def _store_path(stdout: str) -> str:
     if not paths:
         raise BuildFailed("nix-build printed no store path", "check the expression's image attribute")
     return paths[-1]
-
-
-def _build_error(expression: str, pkgs: str, finished: docker.Finished) -> ToolkitError:
-    if docker.looks_offline(finished.stderr_tail):
-        return NetworkUnavailable(
-            f"the VM build needs sources that are not in the builder's store ({pkgs} or a package): no network",
-            "build the builder with network access (`invoke build-base`), or use a builder whose store holds them",
-            details=finished.stderr_tail,
-        )
-    errors = re.findall(r"^error:\s*(.+)$", finished.stderr_tail, re.M)
-    reason = errors[0].strip() if errors else f"exit {finished.status}"
-    return BuildFailed(f"the Nix build of {expression} failed: {reason}",
-                       "the end of the build log is above", details=finished.stderr_tail)
 
 
 def _extract_qcow2(stream: Iterator[bytes], work: Path, store_path: str) -> Path:
