@@ -346,7 +346,7 @@ def test_build_cache_substitutes_from_a_registry(engine, base, env, registry, tm
         assert "using the substituter" in outcome.stderr
 
         # build-web too: a new page, built elsewhere and bundled, is downloaded rather than built.
-        changed = {**copy, **project_copy(tmp_path / "changed", "<p>a page built elsewhere</p>\n")}
+        changed = {**copy, **project_copy(tmp_path / "changed", f"<p>a page built elsewhere {uuid.uuid4()}</p>\n")}
         made_page = invoke("bundle", "--expression", "tests/fixtures/images.nix", "--attr", "web",
                            "--output", str(tmp_path / "page.tar"), env={**changed, "INVOKE_BUILDER_BASE": base})
         assert made_page.code == 0, made_page.stderr[-2000:]
