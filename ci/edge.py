@@ -2,22 +2,24 @@
 
 Library code logs and raises; only this module prints errors. A
 ToolkitError becomes its one line (and the log tail that explains it) and a
-non-zero exit; any other exception is a bug and keeps its traceback.
+non-zero exit, as does a full disk (ENOSPC) and Ctrl-C (`error: interrupted`,
+130); any other exception is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from invoke.exceptions import Exit
 
 from . import github
-from .errors import ToolkitError
+from .errors import NO_SPACE_HINT, DiskFull, ToolkitError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -42,18 +44,28 @@ def report_errors(function: F) -> F:
     @functools.wraps(function)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         setup_logging()
+        title = f"invoke {function.__name__.replace('_', '-')}"
         try:
-            with github.group(f"invoke {function.__name__.replace('_', '-')}"):  # on GitHub: the task's log folds
+            with github.group(title):  # on GitHub: the task's log folds
                 return function(*args, **kwargs)
         except ToolkitError as exc:
-            if exc.details:
-                print(exc.details, file=sys.stderr)
-            github.error(exc.line(), title=f"invoke {function.__name__.replace('_', '-')}")
-            raise Exit(f"error: {exc.line()}", code=exc.exit_code) from None
+            _fail(exc, title)
         except KeyboardInterrupt:
             raise Exit("error: interrupted", code=130) from None
+        except OSError as exc:  # a full disk is no bug, wherever the write was; anything else is
+            if exc.errno != errno.ENOSPC:
+                raise
+            _fail(DiskFull(f"no space left on device{f' writing {exc.filename}' if exc.filename else ''}", NO_SPACE_HINT),
+                  title)
 
     return wrapper  # type: ignore[return-value]
+
+
+def _fail(exc: ToolkitError, title: str) -> NoReturn:
+    if exc.details:
+        print(exc.details, file=sys.stderr)
+    github.error(exc.line(), title=title)
+    raise Exit(f"error: {exc.line()}", code=exc.exit_code) from None
 
 
 def say(text: str) -> None:

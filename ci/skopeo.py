@@ -22,7 +22,7 @@ from typing import TypeVar
 import tenacity
 
 from . import credentials, runner
-from .errors import CommandFailed, DiskFull, RegistryError, RegistryUnreachable
+from .errors import NO_SPACE_HINT, CommandFailed, DiskFull, RegistryError, RegistryUnreachable
 from .refs import is_loopback
 
 log = logging.getLogger(__name__)
@@ -230,8 +230,7 @@ def _explain(exc: CommandFailed, name: str) -> Exception:
     where = registry or name
     full = re.search(r"(/[^\s:\"]+)?: no space left on device", text, re.I)
     if full:
-        return DiskFull(f"no space left on device{f' writing {full[1]}' if full[1] else ''}",
-                        "free space or choose another directory")
+        return DiskFull(f"no space left on device{f' writing {full[1]}' if full[1] else ''}", NO_SPACE_HINT)
     if re.search(r"unauthorized|authentication required|invalid username/password|denied", text, re.I):
         return RegistryError(
             f"the registry {where} refused the credentials",

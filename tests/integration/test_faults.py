@@ -1,17 +1,18 @@
 """Faults injected for real into real components: a registry killed in the
 middle of a push, Ctrl-C during build-web and push, a disk that fills up while
-extracting. Each test checks the one-line error, that nothing is left behind,
-and that the same command works once the fault is gone.
+extracting or bundling. Each test checks the one-line error, that nothing is
+left behind, and that the same command works once the fault is gone.
 
-The tests build their own image, faulttest-web (the 60 MB benchmark fixture
-under another name), from a copy of the project whose build context holds a
-marker file of its own: containers and images holding that marker are this
-test's, whatever else runs on the engine at the same time.
+The tests build their own image, faulttest-web-<random> (the 60 MB benchmark
+fixture under a name of this run's), from a copy of the project whose build
+context holds a marker file of its own: containers and images holding that
+marker are this test's, whatever else runs on the engine at the same time.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -25,13 +26,15 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from invoke.exceptions import Exit
 
 from ci import skopeo
+from ci.edge import report_errors
 from tests.conftest import FIXTURE_CONFIG, ROOT, Outcome, assert_one_line_error, invoke
 from tests.integration import registries
 from tests.integration.conftest import project_copy, unavailable
 
-NAME = "faulttest-web"
+NAME = f"faulttest-web-{uuid.uuid4().hex[:8]}"  # this run's own: other runs of these tests may share the engine
 BENCH = "tests/fixtures/bench/images.nix"
 PROMPTLY = 15  # seconds from Ctrl-C to the exit
 
@@ -39,15 +42,15 @@ PROMPTLY = 15  # seconds from Ctrl-C to the exit
 # --- helpers ---------------------------------------------------------------------------------
 
 
-def fault_project(directory: Path, images: str = BENCH) -> tuple[dict[str, str], str]:
-    """A copy of the project whose image is NAME and whose build context holds a marker file of
+def fault_project(directory: Path, images: str = BENCH, name: str = NAME) -> tuple[dict[str, str], str]:
+    """A copy of the project whose image is `name` and whose build context holds a marker file of
     its own (so its build is new, and what it leaves is recognisable); the environment and marker."""
     env = project_copy(directory)
     images_file = directory / images
-    images_file.write_text(images_file.read_text().replace('name = "web";', f'name = "{NAME}";'))
+    images_file.write_text(images_file.read_text().replace('name = "web";', f'name = "{name}";'))
     marker = f"faulttest-{uuid.uuid4().hex}"
     (directory / "tests" / "fixtures" / marker).write_text(marker)
-    return {**env, "INVOKE_WEB_IMAGES": images, "INVOKE_WEB_NAME": NAME}, marker
+    return {**env, "INVOKE_WEB_IMAGES": images, "INVOKE_WEB_NAME": name}, marker
 
 
 def private_tmpdir(directory: Path) -> dict[str, str]:
@@ -234,8 +237,10 @@ def test_registry_killed_mid_push_fails_in_one_line_and_the_push_resumes_later(b
         push = Running("push", NAME, "--to", f"docker://{target}", env=bench_env)
         push.wait_for(lambda: len(acknowledged_blobs(server, "faulttest/web") - had) >= 2, "blobs stored")
         server.kill()
+        killed = time.monotonic()
         assert push.process.poll() is None, "the push ended before the registry was killed: nothing was injected"
         outcome = push.finish()
+        print(f"the push failed {time.monotonic() - killed:.1f} s after the registry was killed")
 
         assert_one_line_error(outcome, f"the registry {server.address} does not answer (tried {skopeo.RETRY.attempts} times)",
                               "check that it is running")
@@ -252,6 +257,7 @@ def test_registry_killed_mid_push_fails_in_one_line_and_the_push_resumes_later(b
         sizes = registries.layer_sizes(target)
         total = sum(sizes.values())
         uploaded, skipped = int(result["uploaded"]), int(result["skipped"])
+        print(f"after the registry came back: uploaded={uploaded} skipped={skipped} of {total} bytes")
         assert uploaded + skipped == total
         assert skipped > 0 and uploaded < total, (uploaded, skipped, total)  # what arrived before the kill is not sent again
     assert not os.listdir(bench_env["TMPDIR"])
@@ -277,6 +283,58 @@ def test_a_registry_back_within_the_retries_gets_the_push(bench_image, bench_env
         assert int(result["skipped"]) > 0  # blobs stored before the kill were not sent again
 
 
+# --- Ctrl-C ---------------------------------------------------------------------------------
+
+
+def check_interrupted(run: Running, interrupted_at: float) -> Outcome:
+    outcome = run.finish(timeout=PROMPTLY + 60)
+    took = time.monotonic() - interrupted_at
+    print(f"exited {took:.2f} s after Ctrl-C")
+    assert took < PROMPTLY, f"exited {took:.1f} s after Ctrl-C"
+    assert outcome.code == 130, outcome
+    assert outcome.error_line == "error: interrupted", outcome.stderr[-3000:]
+    assert "Traceback" not in outcome.stderr and "Exception in thread" not in outcome.stderr, outcome.stderr[-3000:]
+    return outcome
+
+
+@pytest.mark.parametrize("to_group", [False, True], ids=["process", "group"])
+@pytest.mark.parametrize("phase", ["nix-build", "stream"])
+def test_ctrl_c_during_build_web_leaves_nothing(engine, cache_image, tmp_path, phase, to_group):
+    env, marker = fault_project(tmp_path / "project")
+    env = {**env, **private_tmpdir(tmp_path / "tmp"), "CI_DEBUG": "1"}
+    tags_before = {tag for image in engine.images.list(NAME) for tag in image.tags}
+    before = engine_state(engine)
+
+    build = Running("build-web", env=env, own_group=to_group)
+    if phase == "nix-build":  # in the builder's RUN step: a container of the classic builder runs Nix
+        build.wait_for(lambda: "building '/nix/store/" in build.log, "Nix building")
+    else:  # the builder is built; a container streams the image into the engine
+        build.wait_for(lambda: "running /result in a container of" in build.log, "the stream")
+    build.interrupt(to_group)
+    check_interrupted(build, time.monotonic())
+
+    assert left_behind(engine, before, marker) == []
+    assert {tag for image in engine.images.list(NAME) for tag in image.tags} == tags_before
+    assert not os.listdir(env["TMPDIR"])  # nix-ci-stream-* and the like
+
+
+@pytest.mark.parametrize("to_group", [False, True], ids=["process", "group"])
+def test_ctrl_c_during_push_stops_skopeo_and_leaves_nothing(bench_image, bench_env, tmp_path, to_group):
+    tmpdir = Path(bench_env["TMPDIR"])
+    with registries.registry_server(tmp_path / "registry") as server:
+        target = f"{server.address}/faulttest/web:interrupted"
+        push = Running("push", NAME, "--to", f"docker://{target}", env=bench_env, own_group=to_group)
+        # skopeo keeps its copy of the image under the toolkit's temporary directory, not /var/tmp
+        push.wait_for(lambda: "Copying blob" in push.log and list(tmpdir.glob("nix-ci-copy-*/docker-tar*")),
+                      "skopeo copying blobs")
+        push.interrupt(to_group)
+        check_interrupted(push, time.monotonic())
+
+        assert processes_mentioning(str(tmpdir)) == []  # no skopeo left running
+        assert not os.listdir(tmpdir)  # nor its copy of the image, nor the toolkit's directories
+        assert remote_digest(target) is None
+
+
 # --- the disk fills up -------------------------------------------------------------------------
 
 
@@ -297,3 +355,32 @@ def test_disk_full_while_extracting_leaves_nothing_partial(bench_env, tmp_path, 
     assert roomy.code == 0, roomy.stderr
     assert (tmp_path / "x").exists()
 
+
+def test_disk_full_while_bundling_leaves_nothing_partial(cache_image, tmp_path):
+    keys = tmp_path / "keys"
+    env = {"INVOKE_BUNDLE_SECRET_KEY": str(keys / "faulttest.sec"), "INVOKE_BUNDLE_PUBLIC_KEY": str(keys / "faulttest.pub"),
+           "INVOKE_BUNDLE_EXPRESSION": "tests/fixtures/runner.nix", **private_tmpdir(tmp_path / "tmp")}
+    made_key = invoke("bundle-key", "--name", "faulttest-1", env=env)
+    assert made_key.code == 0, made_key.stderr
+    with small_filesystem(tmp_path / "small", "1m") as small:  # the bundle is about 1.1 MB
+        outcome = invoke("bundle", "--output", str(small / "x.tar"), env=env)
+        assert_one_line_error(outcome, f"no space left on device under {small}; free space or choose another directory")
+        assert os.listdir(small) == []  # no x.tar, no .bundle-*
+    assert not os.listdir(env["TMPDIR"])
+
+    roomy = invoke("bundle", "--output", str(tmp_path / "x.tar"), env=env)
+    assert roomy.code == 0, roomy.stderr
+    assert (tmp_path / "x.tar").stat().st_size > 1 << 20
+
+
+def test_a_full_disk_anywhere_else_is_one_line_too():
+    """Writes outside the places that name their directory (extract, bundle) still end in one line, no traceback."""
+    @report_errors
+    def task() -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), "/somewhere/full/file")
+
+    with pytest.raises(Exit) as ended:
+        task()
+    assert ended.value.message == ("error: no space left on device writing /somewhere/full/file; "
+                                   "free space or choose another directory")
+    assert ended.value.code == 1
