@@ -17,6 +17,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
@@ -86,53 +87,72 @@ def run(
 
     `env` adds to the current environment, less WITHHELD_VARIABLES (secrets
     go in files, never in args). `on_line` receives each output line as it
-    arrives, for progress. When the toolkit stops waiting (Ctrl-C, an error
-    in `on_line`), the program is stopped; a program ended by SIGINT (Ctrl-C
-    sent to the whole process group) raises KeyboardInterrupt.
+    arrives, for progress; an error it raises is raised once the program
+    ends. When the toolkit stops waiting (Ctrl-C), the program is stopped; a
+    program ended by SIGINT (Ctrl-C sent to the whole process group) raises
+    KeyboardInterrupt.
     """
     argv = [which(program), *args]
     log.debug("$ %s", shlex.join([program, *args]))
     lines: list[str] = []
+    failures: list[Exception] = []
+    kill_later: list[threading.Timer] = []
+
+    def take(line: str, _stdin: object, running: sh.RunningCommand) -> None:  # called in sh's reader thread
+        lines.append(line)
+        if on_line is None or failures:
+            return
+        try:
+            on_line(line.rstrip("\n"))
+        except Exception as exc:  # noqa: BLE001 - raised below, in the caller's thread, once the program is stopped
+            failures.append(exc)
+            running.signal(signal.SIGTERM)
+            kill_later.append(threading.Timer(STOP_TIMEOUT, running.signal, [signal.SIGKILL]))
+            kill_later[0].start()
+
     environment = {name: value for name, value in {**os.environ, **(env or {})}.items() if name not in WITHHELD_VARIABLES}
     process = None
     try:
-        # Iterating (rather than output callbacks, which sh polls every 0.1 s)
-        # keeps a short command short.
-        process = sh.Command(argv[0])(
-            *argv[1:],
-            _iter=True,
-            _bg_exc=False,  # the error is raised here, not printed by sh's thread
-            _err_to_out=True,
-            _tty_out=False,  # no pager, no colour codes in what we keep
-            _env=environment,
-            _cwd=cwd,
-        )
-        for line in process:
-            lines.append(line)
-            if on_line is not None:
-                on_line(line.rstrip("\n"))
-    except sh.SignalException as exc:
-        if exc.exit_code == -signal.SIGINT:
-            raise KeyboardInterrupt from None
-        raise CommandFailed(
-            f"{program} was killed by signal {-exc.exit_code}",
-            argv=[program, *args],
-            exit_code=exc.exit_code,
-            output="".join(lines),
-        ) from None
+        # This thread waits and sh's reader thread hands over the lines. sh's
+        # iterator (_iter) can stall a second after a short program ends: its
+        # reader waits for an exit that only the waiting thread records. An
+        # empty stdin spares the 0.1 s poll of sh's stdin thread.
+        with open(os.devnull, "rb") as nothing:
+            process = sh.Command(argv[0])(
+                *argv[1:],
+                _bg=True,
+                _bg_exc=False,  # the error is raised here, not printed by sh's thread
+                _in=nothing,
+                _out=take,
+                _err_to_out=True,
+                _tty_out=False,  # no pager, no colour codes in what we keep
+                _env=environment,
+                _cwd=cwd,
+            )
+            process.wait()
     except sh.ErrorReturnCode as exc:
-        output = "".join(lines)
-        last = _last_line(output) or f"exit code {exc.exit_code}"
-        raise CommandFailed(
-            f"{program} failed (exit {exc.exit_code}): {last}",
-            argv=[program, *args],
-            exit_code=exc.exit_code,
-            output=output,
-        ) from None
+        if failures:
+            raise failures[0] from None
+        raise _failed(program, args, exc, "".join(lines)) from None
     finally:
+        for timer in kill_later:
+            timer.cancel()
         if process is not None:
             _stop(process, program)
+    if failures:
+        raise failures[0]
     return Completed([program, *args], "".join(lines))
+
+
+def _failed(program: str, args: Sequence[str], exc: sh.ErrorReturnCode, output: str) -> Exception:
+    if isinstance(exc, sh.SignalException):
+        if exc.exit_code == -signal.SIGINT:
+            return KeyboardInterrupt()
+        return CommandFailed(f"{program} was killed by signal {-exc.exit_code}",
+                             argv=[program, *args], exit_code=exc.exit_code, output=output)
+    last = _last_line(output) or f"exit code {exc.exit_code}"
+    return CommandFailed(f"{program} failed (exit {exc.exit_code}): {last}",
+                         argv=[program, *args], exit_code=exc.exit_code, output=output)
 
 
 def _stop(process: sh.RunningCommand, program: str) -> None:
