@@ -8,9 +8,9 @@ from pathlib import Path
 
 from invoke import Collection, task
 
-from ci import build, github, nix, qemu, run, services, transfer
-from ci import cidata as ci_cidata
-from ci import workflows as ci_workflows
+# Only what build-web needs is imported here; the other tasks import their
+# tool's module themselves, so that no task pays for loading them all.
+from ci import build, github
 from ci.build import BuilderSettings
 from ci.cache import CacheSettings
 from ci.edge import report_errors, say
@@ -99,6 +99,8 @@ def verify_reproducible(c, complete=False):
 @report_errors
 def run_web(c, port=None):
     """Start web:latest on 127.0.0.1:9000 and return once it answers HTTP."""
+    from ci import run
+
     running = run.run_web(f"{c.web.name}:latest", name=c.web.container, host=c.web.host,
                           port=int(port or c.web.port), container_port=c.web.container_port,
                           timeout=c.web.timeout)
@@ -109,10 +111,14 @@ def run_web(c, port=None):
 @report_errors
 def stop_web(c):
     """Stop and remove the web container started by run-web."""
+    from ci import run
+
     say("stopped" if run.stop_web(c.web.container) else "not running")
 
 
 def _runner(c, name, publish=None):
+    from ci import services
+
     return services.entry(name, c.start.get(name), known=list(c.start), images=c.web.images, publish=publish)
 
 
@@ -148,6 +154,8 @@ def build_services(c, cache_from=None):
 @report_errors
 def start(c, runner, container=False, publish=None, arg=None):
     """Start a runner (services, nginx): in the foreground, or as a container with --container."""
+    from ci import services
+
     entry = _runner(c, runner, publish)
     if container:
         image = _runner_image(c, entry)
@@ -165,6 +173,8 @@ def start(c, runner, container=False, publish=None, arg=None):
 @report_errors
 def stop(c, runner, grace=10):
     """Stop and remove a runner's container: SIGTERM, then SIGKILL after the grace time."""
+    from ci import services
+
     entry = _runner(c, runner)
     stopped = services.stop_container(entry.container, int(grace))
     if stopped is None:
@@ -182,6 +192,8 @@ def stop(c, runner, grace=10):
 @report_errors
 def push(c, image, to, insecure=False):
     """Copy a built image to registries or OCI layouts and print each digest."""
+    from ci import transfer
+
     ref = transfer.local_image(image, known=[c.web.name, c.start.services.image])
     for pushed in transfer.push(ref, to, insecure=insecure):
         say(pushed.line())
@@ -195,6 +207,8 @@ def push(c, image, to, insecure=False):
 @report_errors
 def extract(c, image, to):
     """Write a built image to a docker-archive, an OCI layout or a root filesystem."""
+    from ci import transfer
+
     ref = transfer.local_image(image, known=[c.web.name, c.start.services.image])
     say(str(transfer.extract(ref, to)))
 
@@ -203,6 +217,8 @@ def extract(c, image, to):
 @report_errors
 def check_nix(c):
     """Check that every Nix file of the project parses (needs Nix on the host, no nixpkgs)."""
+    from ci import nix
+
     files = nix.parse_all(_project(c).root)
     say(f"{len(files)} Nix files parse")
 
@@ -215,6 +231,8 @@ def check_nix(c):
 @report_errors
 def workflows(c, check=False, dir=None):
     """Show which invoke commands each GitHub workflow runs; --check proves they mirror the tasks."""
+    from ci import workflows as ci_workflows
+
     root = Path(c.project.root or HERE)
     directory = Path(dir) if dir else root / ci_workflows.DIRECTORY
     if not check:
@@ -242,7 +260,7 @@ def _path(c, flag, configured):
 @report_errors
 def build_vm(c, ssh_key=None, ssh_key_file=None, hostname=None, disk_size=None, output=None, kvm=True):
     """Build the NixOS VM image (qcow2) in the builder container; print its path and size."""
-    from ci import vm  # oras and its dependencies load only for the VM tasks
+    from ci import vm
 
     given = bool(ssh_key or ssh_key_file)
     settings = vm.settings(
@@ -250,6 +268,8 @@ def build_vm(c, ssh_key=None, ssh_key_file=None, hostname=None, disk_size=None, 
         key_files=ssh_key_file if given else vm.as_list(c.vm.ssh_key_files, os.pathsep),
         user=c.vm.user, hostname=hostname or c.vm.hostname, disk_size=disk_size or c.vm.disk_size,
     )
+    from ci import qemu
+
     accel = qemu.acceleration(kvm)
     built = vm.build_vm(Path(c.project.root or HERE), builder=c.builder.base, expression=c.vm.expression,
                         pkgs=c.web.pkgs, vm_settings=settings, output=_path(c, output, c.vm.image), accel=accel)
@@ -273,6 +293,8 @@ def cidata(c, user_data=None, meta_data=None, network_config=None, vendor_data=N
     def given(path):
         return Path(path).expanduser() if path else None
 
+    from ci import cidata as ci_cidata
+
     seed = ci_cidata.make_seed(
         _path(c, output, c.vm.seed), fmt=format or c.vm.seed_format,
         user_data=given(user_data), meta_data_file=given(meta_data),
@@ -294,7 +316,7 @@ def cidata(c, user_data=None, meta_data=None, network_config=None, vendor_data=N
 @report_errors
 def run_vm(c, image=None, seed=None, without_seed=False, port=None, memory=None, cpus=None, kvm=True):
     """Boot the VM image with qemu on this terminal (serial console; Ctrl-a x quits); print the SSH command."""
-    from ci import vm  # oras and its dependencies load only for the VM tasks
+    from ci import vm
 
     spec = vm.prepare_vm(_path(c, image, c.vm.image), None if without_seed else _path(c, seed, c.vm.seed),
                          host=c.vm.host, port=int(port or c.vm.ssh_port), memory=int(memory or c.vm.memory),
@@ -313,7 +335,7 @@ def run_vm(c, image=None, seed=None, without_seed=False, port=None, memory=None,
 @report_errors
 def push_vm(c, to, image=None, seed=None, without_seed=False, insecure=False):
     """Push the VM image and its seed disk to a registry as one OCI artifact; print its digest."""
-    from ci import vm  # oras and its dependencies load only for the VM tasks
+    from ci import vm
 
     seed_path = None if without_seed else _path(c, seed, c.vm.seed)
     if not seed and seed_path is not None and not seed_path.exists():
@@ -332,7 +354,7 @@ def push_vm(c, to, image=None, seed=None, without_seed=False, insecure=False):
 @report_errors
 def pull_vm(c, source, to=None, insecure=False):
     """Pull a VM image artifact and check every file against its digest; print the files."""
-    from ci import vm  # oras and its dependencies load only for the VM tasks
+    from ci import vm
 
     directory = Path(to).absolute() if to else _path(c, None, c.vm.image).parent
     pulled = vm.pull_vm(source, directory, insecure=insecure)
@@ -364,7 +386,7 @@ def _substituter(c, reference):
     reference = reference or c.bundle.substituter
     if not reference:
         return contextlib.nullcontext(None)
-    from ci import bundle as ci_bundle  # oras and its dependencies load only when a substituter is used
+    from ci import bundle as ci_bundle
 
     return ci_bundle.substituter(reference, _trusted_keys(c))
 
@@ -376,7 +398,7 @@ def _substituter(c, reference):
 @report_errors
 def bundle_key(c, name=None, force=False):
     """Generate the key pair that signs bundles (bundle.secret_key, bundle.public_key), outside the repository."""
-    from ci import bundle as ci_bundle  # oras and its dependencies load only for the bundle tasks
+    from ci import bundle as ci_bundle
 
     pair = ci_bundle.generate_key(builder=c.builder.base, name=name or c.bundle.key_name or ci_bundle.default_key_name(),
                                   secret=_key_path(c, None, c.bundle.secret_key),
@@ -396,7 +418,7 @@ def bundle_key(c, name=None, force=False):
 @report_errors
 def bundle(c, expression=None, attr=None, output=None, secret_key=None, compression=None):
     """Build the runner in the builder container; write one signed bundle: its binary cache and result link."""
-    from ci import bundle as ci_bundle  # oras and its dependencies load only for the bundle tasks
+    from ci import bundle as ci_bundle
 
     made = ci_bundle.make_bundle(Path(c.project.root or HERE), builder=c.builder.base,
                                  expression=expression or c.bundle.expression, attr=attr or c.bundle.attr,
@@ -411,7 +433,7 @@ def bundle(c, expression=None, attr=None, output=None, secret_key=None, compress
 @report_errors
 def build_runner(c, public_key=None):
     """Build the runner image: at start it restores a bundle (volume or registry) into its store, then runs it."""
-    from ci import bundle as ci_bundle  # oras and its dependencies load only for the bundle tasks
+    from ci import bundle as ci_bundle
 
     image = ci_bundle.build_runner(Path(c.project.root or HERE), base=c.builder.base, tag=c.bundle.runner_image,
                                    keys=_trusted_keys(c, public_key))
@@ -427,7 +449,7 @@ def build_runner(c, public_key=None):
 @report_errors
 def cache_push(c, to, bundle=None, cache=None, insecure=False):
     """Push a bundle, or a whole binary cache directory, to a registry as an OCI artifact; print its digest."""
-    from ci import bundle as ci_bundle  # oras and its dependencies load only for the bundle tasks
+    from ci import bundle as ci_bundle
 
     if bundle and cache:
         raise ConfigError("give --bundle or --cache, not both", "a bundle already holds its binary cache")
@@ -448,7 +470,7 @@ def cache_push(c, to, bundle=None, cache=None, insecure=False):
 @report_errors
 def cache_pull(c, source, to=None, insecure=False):
     """Pull a bundle or binary cache artifact, every file checked against its digest; print where it went."""
-    from ci import bundle as ci_bundle  # oras and its dependencies load only for the bundle tasks
+    from ci import bundle as ci_bundle
 
     pulled = ci_bundle.pull(source, bundle_to=_path(c, to, c.bundle.output), cache_to=_path(c, to, c.bundle.cache_dir),
                             insecure=insecure)

@@ -21,15 +21,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import cache as cache_images
-from . import debian, docker, nix, reproducible, transfer
+from . import docker
 from .cache import CacheSettings
 from .errors import BuildFailed, ConfigError, NetworkUnavailable
-from .project import Project
-from .reproducible import Verdict
-from .transfer import IDENTITY_PREFIX, Pushed
+from .project import IDENTITY_PREFIX, Project
+
+# debian, nix, reproducible and transfer are imported where they are used: a
+# build that finds its image up to date needs none of them (see bench/).
 
 if TYPE_CHECKING:  # ci.bundle loads oras; builds without a substituter do not need it
     from .bundle import Substituter
+    from .reproducible import Verdict
+    from .transfer import Pushed
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,8 @@ def build_base(project: Project, builder: BuilderSettings, *, base: str) -> dock
     """Build nix-base from the builder image, or from a builder made of Debian packages."""
     source = builder.image or project.default_arg("nix-base", "BUILDER_IMAGE")
     if builder.from_debian:
+        from . import debian
+
         source = debian.builder_image(tool=builder.tool, refresh=builder.refresh).id
     elif docker.inspect_image(source) is None:
         log.info("pulling the builder image %s", source)
@@ -95,6 +100,8 @@ def build_cache(project: Project, builder: BuilderSettings, settings: CacheSetti
 
 def publish_cache(project: Project, settings: CacheSettings, namespace: str) -> list[Pushed]:
     """Push nix-base and nix-cache to NAMESPACE/…, tagged by date and package set, latest last."""
+    from . import transfer
+
     tags = [datetime.datetime.now(datetime.UTC).date().isoformat(), f"pkgs-{project.package_set_id()}", "latest"]
     pushed = []
     for local, name in ((settings.base, "nix-base"), (settings.cache, "nix-cache")):
@@ -127,7 +134,8 @@ def build_web(project: Project, builder: BuilderSettings, settings: CacheSetting
     else:
         image, nix_tag = _build_image(project, name, dockerfile, args, substituter)
     for tag in tags:  # latest last
-        docker.tag(image.id, tag)
+        if tag not in image.tags:
+            docker.tag(image.id, tag)
     if nix_tag and nix_tag not in tags:
         docker.untag(nix_tag)  # the tag Nix chose; the toolkit's own replace it
     return WebImage(image.id, tags, len(image.layers), image.size, "complete" if complete else "load", built)
@@ -135,6 +143,8 @@ def build_web(project: Project, builder: BuilderSettings, settings: CacheSetting
 
 def verify_reproducible(project: Project, settings: CacheSettings, *, name: str, complete: bool) -> Verdict:
     """Build the image twice from scratch (on nix-base, without the engine's cache) and compare."""
+    from . import reproducible
+
     base = docker.require_image(settings.base, "build it with `invoke build-cache` (offline: add --from-debian)")
     dockerfile = "web-complete" if complete else "web"
     args = project.buildargs(dockerfile, CACHE_IMAGE=base.id)
@@ -196,6 +206,8 @@ def _build(project: Project, dockerfile: str, *, tag: str | None = None, labels:
                             buildargs=project.buildargs(dockerfile, **args),
                             extra_context=substituter.context() if substituter is not None else None)
     except BuildFailed as exc:
+        from . import nix
+
         if not nix.first_error(exc.details) and not docker.looks_offline(exc.details):
             raise
         raise nix.build_error(f"the Nix build in {dockerfile}.Dockerfile", exc.details, fallback=exc.message,

@@ -17,6 +17,9 @@ from docker.utils.build import exclude_paths
 from . import runner
 from .errors import CommandFailed, ConfigError, ToolMissing
 
+# Tags that carry an image's identity start with this: name:id-<inputs>.
+IDENTITY_PREFIX = "id-"
+
 
 @dataclass(frozen=True)
 class Project:

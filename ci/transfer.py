@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import docker, skopeo, umoci
 from .errors import ConfigError, naming_full_disk
+from .project import IDENTITY_PREFIX
 from .refs import Destination, check_tag, parse_destination
 
 log = logging.getLogger(__name__)
@@ -78,8 +79,6 @@ def push(image: str, targets: list[str], *, insecure: bool = False) -> list[Push
         first = first or destination.skopeo_name()
     return results
 
-
-IDENTITY_PREFIX = "id-"
 
 
 def _own_tags(image: str) -> list[str]:
