@@ -15,7 +15,12 @@ on the same engine. What differs is the orchestration:
 Situations: cold (no cache image), warm after a one-line page change, no-op
 (nothing changed), and push after a one-line page change. Each runs several
 times; the table shows medians and the ratios seed/toolkit. Bytes pushed are
-measured as the growth of the registry's blob store, for both flows.
+measured as the growth of the registry's blob store, for both flows. The
+toolkit's own CPU time (user + system of the invoke process and the few
+programs it waits for itself, such as git; not the engine's nor Nix's, which
+run in the engine's containers) is what the toolkit adds over the commands it
+runs. Python runs as users run it, caching bytecode, even where the
+environment sets PYTHONDONTWRITEBYTECODE.
 
     python3 bench/bench.py [--runs 5] [--cold-runs 3] [--markdown bench/results.md]
 
@@ -32,6 +37,7 @@ import json
 import os
 import platform
 import re
+import resource
 import shutil
 import socket
 import statistics
@@ -57,6 +63,7 @@ console = Console(stderr=True)
 @dataclass
 class Sample:
     seconds: float
+    cpu: float = 0.0  # user + system time of the processes the benchmark started (and they waited for)
     derivations: int = 0
     bytes_pushed: int = 0  # growth of the registry's blob store: layers, config and manifest
     layer_bytes_pushed: int = 0  # of which layer blobs
@@ -72,17 +79,24 @@ class Situation:
 
 def sh(command: str, *, cwd: Path, env: dict[str, str] | None = None) -> str:
     """Run a shell command (the seed's flow is shell); its output, or exit on failure."""
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=cwd, env={**os.environ, **(env or {})},
+    environment = {name: value for name, value in os.environ.items() if name != "PYTHONDONTWRITEBYTECODE"}
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", command], cwd=cwd, env={**environment, **(env or {})},
                           capture_output=True, text=True)
     if done.returncode != 0:
         sys.exit(f"bench: `{command}` failed:\n{done.stdout[-2000:]}{done.stderr[-3000:]}")
     return done.stdout + done.stderr
 
 
-def timed(command: str, **kwargs) -> tuple[float, str]:
-    start = time.perf_counter()
+def timed(command: str, **kwargs) -> tuple[float, float, str]:
+    """Wall time, CPU time of the processes it started, output."""
+    before, start = _children_cpu(), time.perf_counter()
     output = sh(command, **kwargs)
-    return time.perf_counter() - start, output
+    return time.perf_counter() - start, _children_cpu() - before, output
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def derivations_built(log: str) -> int:
@@ -121,13 +135,13 @@ class SeedFlow:
         self.args = f"--build-arg PKGS={PKGS} --build-arg IMAGES={IMAGES}"
         self.builder = builder
 
-    def build_cache(self) -> tuple[float, str]:  # build-cache.sh
+    def build_cache(self) -> tuple[float, float, str]:  # build-cache.sh
         return timed(
             f"{DOCKER} build {self.args} --build-arg BUILDER_IMAGE={self.builder} -f images/nix-base.Dockerfile -t {BASE} . "
             f"&& {DOCKER} build {self.args} --build-arg BASE_IMAGE={BASE} -f images/nix-cache.Dockerfile -t {CACHE} .",
             cwd=self.project.root, env={"DOCKER_BUILDKIT": "0"})
 
-    def build_web(self) -> tuple[float, str]:  # build-web.sh
+    def build_web(self) -> tuple[float, float, str]:  # build-web.sh
         return timed(
             'TAG="$(date --utc --iso-8601)-$(od -An -N4 -tx4 /dev/urandom | tr -d " ")"\n'
             f'{DOCKER} build {self.args} --build-arg CACHE_IMAGE={CACHE} -f images/web.Dockerfile -t "builder:$TAG" .\n'
@@ -137,7 +151,7 @@ class SeedFlow:
             'echo "$loaded"',
             cwd=self.project.root, env={"DOCKER_BUILDKIT": "0"})
 
-    def push(self, target: str) -> tuple[float, str]:
+    def push(self, target: str) -> tuple[float, float, str]:
         return timed(f"{DOCKER} tag web:latest {target} && {DOCKER} push {target}", cwd=self.project.root)
 
 
@@ -149,7 +163,7 @@ class Toolkit:
             "INVOKE_BUILDER_FROM_DEBIAN": "1", "INVOKE_BUILDER_BASE": BASE, "INVOKE_BUILDER_CACHE": CACHE,
         }
 
-    def invoke(self, *args: str) -> tuple[float, str]:
+    def invoke(self, *args: str) -> tuple[float, float, str]:
         return timed(" ".join([sys.executable, "-m", "invoke", *args]), cwd=ROOT, env=self.env)
 
 
@@ -222,22 +236,22 @@ def main() -> None:
             for flow in ("seed", "toolkit"):
                 forget_cache()
                 if flow == "seed":
-                    cache_s, cache_log = seed.build_cache()
-                    web_s, web_log = seed.build_web()
+                    cache_s, cache_cpu, cache_log = seed.build_cache()
+                    web_s, web_cpu, web_log = seed.build_web()
                 else:
-                    cache_s, cache_log = toolkit.invoke("build-cache")
-                    web_s, web_log = toolkit.invoke("build-web")
+                    cache_s, cache_cpu, cache_log = toolkit.invoke("build-cache")
+                    web_s, web_cpu, web_log = toolkit.invoke("build-web")
                 getattr(situations["cold"], flow).append(
-                    Sample(cache_s + web_s, derivations_built(cache_log + web_log)))
+                    Sample(cache_s + web_s, max(cache_cpu, web_cpu), derivations_built(cache_log + web_log)))
 
         console.print(f"warm and no-op: {options.runs} runs of each flow")
         for _ in range(options.runs):
             for flow, build in (("seed", seed.build_web), ("toolkit", lambda: toolkit.invoke("build-web"))):
                 project.change_page()
-                seconds, log = build()
-                getattr(situations["warm"], flow).append(Sample(seconds, derivations_built(log)))
-                seconds, log = build()
-                getattr(situations["no-op"], flow).append(Sample(seconds, derivations_built(log)))
+                seconds, cpu, log = build()
+                getattr(situations["warm"], flow).append(Sample(seconds, cpu, derivations_built(log)))
+                seconds, cpu, log = build()
+                getattr(situations["no-op"], flow).append(Sample(seconds, cpu, derivations_built(log)))
 
         console.print(f"push: {options.runs} runs of each flow")
         with registry(work_dir / "registry") as (address, storage):
@@ -248,16 +262,16 @@ def main() -> None:
                     target = f"{address}/{flow}/web:run-{run}"
                     before = registry_blobs(storage)
                     if flow == "seed":
-                        seconds, _ = seed.push(target)
+                        seconds, cpu, _ = seed.push(target)
                     else:
-                        seconds, _ = toolkit.invoke("push", "web", "--to", f"docker://{target}")
+                        seconds, cpu, _ = toolkit.invoke("push", "web", "--to", f"docker://{target}")
                     if run == 0:
                         continue  # the first push of each flow fills its repository
                     after = registry_blobs(storage)
                     added = {digest: size for digest, size in after.items() if digest not in before}
                     changed = new_layers(target, set(before))
                     getattr(situations["push"], flow).append(Sample(
-                        seconds, 0, sum(added.values()), sum(added.get(d, 0) for d in changed), sum(changed.values())))
+                        seconds, cpu, 0, sum(added.values()), sum(added.get(d, 0) for d in changed), sum(changed.values())))
         forget_cache()
         remove_images(*[f"{address}/{flow}/web:run-{run}" for flow in ("seed", "toolkit")
                         for run in range(options.runs + 1)])
@@ -273,7 +287,8 @@ def report(situations: dict[str, Situation], markdown: Path | None) -> None:
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, {_cpu_model()}, Linux {platform.release()}, "
                f"Docker {sh(DOCKER + ' version --format {{.Server.Version}}', cwd=ROOT).strip()}")
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
-    header = ["situation", "runs", "seed (s)", "toolkit (s)", "seed/toolkit", "derivations built (seed / toolkit)",
+    header = ["situation", "runs", "seed (s)", "toolkit (s)", "seed/toolkit", "toolkit's own CPU per task (s)",
+              "derivations built (seed / toolkit)",
               "bytes pushed, all (seed / toolkit)", "layer bytes pushed (seed / toolkit)",
               "changed layers, compressed (seed / toolkit)"]
     rows = []
@@ -284,8 +299,10 @@ def report(situations: dict[str, Situation], markdown: Path | None) -> None:
             pushed, layers, changed = (
                 f"{median(situation.seed, a):,.0f} / {median(situation.toolkit, a):,.0f}"
                 for a in ("bytes_pushed", "layer_bytes_pushed", "changed_layers_bytes"))
+        # A push's CPU time includes skopeo's, which does the copying: not the toolkit's own.
+        own_cpu = "-" if situation.name == "push" else f"{median(situation.toolkit, 'cpu'):.2f}"
         rows.append([situation.name, str(len(situation.toolkit)), f"{seed_s:.2f}", f"{tool_s:.2f}",
-                     f"{seed_s / tool_s:.1f}x",
+                     f"{seed_s / tool_s:.1f}x", own_cpu,
                      f"{median(situation.seed, 'derivations'):.0f} / {median(situation.toolkit, 'derivations'):.0f}",
                      pushed, layers, changed])
     table = Table(title=f"Medians, {date}: {machine}")
