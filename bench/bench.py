@@ -19,7 +19,8 @@ measured as the growth of the registry's blob store, for both flows. The
 toolkit's own CPU time (user + system of the invoke process and the few
 programs it waits for itself, such as git; not the engine's nor Nix's, which
 run in the engine's containers) is what the toolkit adds over the commands it
-runs. Python runs as users run it, caching bytecode, even where the
+runs; the table also shows how much of it is not Python's and invoke's own
+start-up (`invoke --version`), which any invoke task pays. Python runs as users run it, caching bytecode, even where the
 environment sets PYTHONDONTWRITEBYTECODE.
 
     python3 bench/bench.py [--runs 5] [--cold-runs 3] [--markdown bench/results.md]
@@ -231,6 +232,7 @@ def main() -> None:
         seed = SeedFlow(project, builder)
         situations = {name: Situation(name) for name in ("cold", "warm", "no-op", "push")}
 
+        start_up = statistics.median(toolkit.invoke("--version")[1] for _ in range(9))
         console.print(f"cold: {options.cold_runs} runs of each flow")
         for _ in range(options.cold_runs):
             for flow in ("seed", "toolkit"):
@@ -276,18 +278,19 @@ def main() -> None:
         remove_images(*[f"{address}/{flow}/web:run-{run}" for flow in ("seed", "toolkit")
                         for run in range(options.runs + 1)])
 
-    report(situations, options.markdown)
+    report(situations, start_up, options.markdown)
 
 
 def median(samples: list[Sample], attribute: str) -> float:
     return statistics.median(getattr(s, attribute) for s in samples)
 
 
-def report(situations: dict[str, Situation], markdown: Path | None) -> None:
+def report(situations: dict[str, Situation], start_up: float, markdown: Path | None) -> None:
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, {_cpu_model()}, Linux {platform.release()}, "
                f"Docker {sh(DOCKER + ' version --format {{.Server.Version}}', cwd=ROOT).strip()}")
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     header = ["situation", "runs", "seed (s)", "toolkit (s)", "seed/toolkit", "toolkit's own CPU per task (s)",
+              "of which past Python and invoke's start-up (s)",
               "derivations built (seed / toolkit)",
               "bytes pushed, all (seed / toolkit)", "layer bytes pushed (seed / toolkit)",
               "changed layers, compressed (seed / toolkit)"]
@@ -300,9 +303,12 @@ def report(situations: dict[str, Situation], markdown: Path | None) -> None:
                 f"{median(situation.seed, a):,.0f} / {median(situation.toolkit, a):,.0f}"
                 for a in ("bytes_pushed", "layer_bytes_pushed", "changed_layers_bytes"))
         # A push's CPU time includes skopeo's, which does the copying: not the toolkit's own.
-        own_cpu = "-" if situation.name == "push" else f"{median(situation.toolkit, 'cpu'):.2f}"
+        own_cpu = past_start = "-"
+        if situation.name != "push":
+            cpu = median(situation.toolkit, "cpu")
+            own_cpu, past_start = f"{cpu:.2f}", f"{cpu - start_up:.2f}"
         rows.append([situation.name, str(len(situation.toolkit)), f"{seed_s:.2f}", f"{tool_s:.2f}",
-                     f"{seed_s / tool_s:.1f}x", own_cpu,
+                     f"{seed_s / tool_s:.1f}x", own_cpu, past_start,
                      f"{median(situation.seed, 'derivations'):.0f} / {median(situation.toolkit, 'derivations'):.0f}",
                      pushed, layers, changed])
     table = Table(title=f"Medians, {date}: {machine}")
@@ -312,7 +318,8 @@ def report(situations: dict[str, Situation], markdown: Path | None) -> None:
         table.add_row(*row)
     Console().print(table)
     if markdown:
-        lines = [f"Medians measured on {date}, {machine}.", "",
+        lines = [f"Medians measured on {date}, {machine}. Python and invoke's start-up "
+                 f"(`invoke --version`): {start_up:.2f} s of CPU.", "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         markdown.write_text("\n".join(lines) + "\n")
