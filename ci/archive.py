@@ -17,7 +17,7 @@ import json
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO
 
 from .errors import BuildFailed
@@ -43,6 +43,7 @@ class Slimmed:
     bytes_kept: int
     bytes_dropped: int
     layers_dropped: int
+    named: list[str] = field(default_factory=list)  # the tags the archive itself gave its image (RepoTags)
 
     def chunks(self) -> Iterator[bytes]:
         self.data.seek(0)
@@ -56,20 +57,25 @@ class Slimmed:
 
 
 def slim(chunks: Iterable[bytes], known_chains: set[str],
-         edit_config: Callable[[dict], dict] | None = None) -> Slimmed:
+         edit_config: Callable[[dict], dict] | None = None, *, tags: list[str] | None = None) -> Slimmed:
     """Read a docker-archive from `chunks`; return it without the layers whose chain is known.
 
     `edit_config`, when given, rewrites each image's config; the config then
-    gets the name of its new digest, and the manifest follows.
+    gets the name of its new digest, and the manifest follows. `tags`, when
+    given, replace the tags the archive gives its image: the engine loads it
+    under those and no other (the archive's own are in Slimmed.named).
     """
     members: list[tuple[tarfile.TarInfo, IO[bytes] | None]] = []
     try:
         with tar_stream(chunks) as archive:
             for member in archive:
                 members.append((member, _spool(archive.extractfile(member)) if member.isfile() else None))
-        if edit_config is not None:
-            members = _edit_configs(members, edit_config)
-        return _without(members, _droppable(members, known_chains))
+        named = _repo_tags(members)
+        if edit_config is not None or tags is not None:
+            members = _edited(members, edit_config, tags)
+        slimmed = _without(members, _droppable(members, known_chains))
+        slimmed.named = named
+        return slimmed
     except (tarfile.TarError, EOFError) as exc:
         raise BuildFailed(f"the image stream is not a complete docker-archive ({exc})") from None
     finally:
@@ -90,7 +96,8 @@ def _droppable(members: list[tuple[tarfile.TarInfo, IO[bytes] | None]], known_ch
     return droppable
 
 
-def normalise(chunks: Iterable[bytes], *, created: str, known_chains: set[str]) -> Slimmed:
+def normalise(chunks: Iterable[bytes], *, created: str, known_chains: set[str],
+              tags: list[str] | None = None) -> Slimmed:
     """The archive with the moments and build containers of its config replaced by fixed values.
 
     The engine's classic builder writes the time of the build into `created`
@@ -98,7 +105,7 @@ def normalise(chunks: Iterable[bytes], *, created: str, known_chains: set[str]) 
     `container` and `container_config`, and the last step's parent image into
     config.Image: the same inputs then make another image ID every time. Layers are not touched (and left out when known).
     """
-    return slim(chunks, known_chains, edit_config=lambda config: _fixed_config(config, created))
+    return slim(chunks, known_chains, edit_config=lambda config: _fixed_config(config, created), tags=tags)
 
 
 def _fixed_config(config: dict, created: str) -> dict:
@@ -110,12 +117,21 @@ def _fixed_config(config: dict, created: str) -> dict:
     return fixed
 
 
-def _edit_configs(members: list[tuple[tarfile.TarInfo, IO[bytes] | None]],
-                  edit: Callable[[dict], dict]) -> list[tuple[tarfile.TarInfo, IO[bytes] | None]]:
+def _repo_tags(members: list[tuple[tarfile.TarInfo, IO[bytes] | None]]) -> list[str]:
+    files = {member.name: data for member, data in members if data is not None}
+    return [tag for entry in json.loads(_read(files, "manifest.json")) for tag in entry.get("RepoTags") or ()]
+
+
+def _edited(members: list[tuple[tarfile.TarInfo, IO[bytes] | None]], edit: Callable[[dict], dict] | None,
+            tags: list[str] | None) -> list[tuple[tarfile.TarInfo, IO[bytes] | None]]:
     files = {member.name: data for member, data in members if data is not None}
     manifest = json.loads(_read(files, "manifest.json"))
     replaced: dict[str, tuple[str, bytes]] = {}
     for entry in manifest:
+        if tags is not None:
+            entry["RepoTags"] = tags
+        if edit is None:
+            continue
         config = json.dumps(edit(json.loads(_read(files, entry["Config"]))), separators=(",", ":")).encode()
         name = hashlib.sha256(config).hexdigest() + ".json"
         replaced[entry["Config"]] = (name, config)

@@ -65,6 +65,7 @@ class WebImage:
     built: bool  # False when an image with the same inputs already existed
 
 
+@docker.needs_engine("building {base}")
 def build_base(project: Project, builder: BuilderSettings, *, base: str) -> docker.Image:
     """Build nix-base from the builder image, or from a builder made of Debian packages."""
     source = builder.image or project.default_arg("nix-base", "BUILDER_IMAGE")
@@ -89,6 +90,7 @@ def build_base(project: Project, builder: BuilderSettings, *, base: str) -> dock
         ) from None
 
 
+@docker.needs_engine("building {settings.cache}")
 def build_cache(project: Project, builder: BuilderSettings, settings: CacheSettings, *,
                 substituter: Substituter | None = None) -> docker.Image:
     """build-cache: nix-base, then nix-cache on top of it."""
@@ -109,13 +111,15 @@ def publish_cache(project: Project, settings: CacheSettings, namespace: str) -> 
     return pushed
 
 
+@docker.needs_engine("building {name}")
 def build_web(project: Project, builder: BuilderSettings, settings: CacheSettings, *,
               name: str, complete: bool, substituter: Substituter | None = None, attr: str = "web") -> WebImage:
     """Build the web image on top of the cache image, unless one with the same inputs exists.
 
     `attr` picks another image of the images file (services); only the load
-    flow builds those. Tags: name:id-<inputs>, name:<date>, then name:latest,
-    last, once everything else succeeded.
+    flow builds those. Tags: name:id-<inputs> (the image enters the engine
+    with it), name:<date>, then name:latest, last, once everything else
+    succeeded.
     """
     if complete and attr != "web":
         raise ConfigError(f"the complete flow builds only the web image, not {attr}", "build it without --complete")
@@ -128,16 +132,14 @@ def build_web(project: Project, builder: BuilderSettings, settings: CacheSetting
     identity = project.digest(Path(project.dockerfile(dockerfile)).read_text(), json.dumps(args, sort_keys=True))
     tags = (f"{name}:{IDENTITY_PREFIX}{identity[:24]}", f"{name}:{project.human_tag()}", f"{name}:latest")
     image = docker.inspect_image(tags[0])
-    built, nix_tag = image is None, None
+    built = image is None
     if image is not None:
         log.info("%s is up to date: nothing it is built from has changed", tags[0])
     else:
-        image, nix_tag = _build_image(project, name, dockerfile, args, substituter)
+        image = _build_image(project, name, dockerfile, args, substituter, tag=tags[0])
     for tag in tags:  # latest last
         if tag not in image.tags:
             docker.tag(image.id, tag)
-    if nix_tag and nix_tag not in tags:
-        docker.untag(nix_tag)  # the tag Nix chose; the toolkit's own replace it
     return WebImage(image.id, tags, len(image.layers), image.size, "complete" if complete else "load", built)
 
 
@@ -152,11 +154,8 @@ def verify_reproducible(project: Project, settings: CacheSettings, *, name: str,
     try:
         for attempt in (1, 2):
             log.info("build %d of 2, from scratch", attempt)
-            image, nix_tag = _build_image(project, name, dockerfile, args, nocache=True)
-            docker.tag(image.id, f"{name}:reproducible-{attempt}")
-            built.append(f"{name}:reproducible-{attempt}")
-            if nix_tag:
-                docker.untag(nix_tag)
+            built.append(f"{name}:reproducible-{attempt}")  # removed below, whatever happens
+            _build_image(project, name, dockerfile, args, nocache=True, tag=built[-1])
         return reproducible.compare(*built)
     finally:
         for tag in built:
@@ -164,36 +163,32 @@ def verify_reproducible(project: Project, settings: CacheSettings, *, name: str,
 
 
 def _build_image(project: Project, name: str, dockerfile: str, args: dict[str, str],
-                 substituter: Substituter | None = None, *, nocache: bool = False) -> tuple[docker.Image, str | None]:
-    """One build of either flow; returns the image and, for the load flow, the tag Nix gave it."""
+                 substituter: Substituter | None = None, *, tag: str, nocache: bool = False) -> docker.Image:
+    """One build of either flow; the image enters the engine tagged `tag`, never untagged or under a temporary name."""
     if dockerfile == "web-complete":
         built = _build(project, dockerfile, labels={docker.LABEL: "web"}, substituter=substituter, nocache=nocache, **args)
-        return docker.normalised(built.id), None
-    return _stream_out(project, name, args, substituter, nocache=nocache)
+        return docker.normalised(built.id, tag)
+    return _stream_out(project, name, args, substituter, tag=tag, nocache=nocache)
 
 
 def _stream_out(project: Project, name: str, args: dict[str, str],
-                substituter: Substituter | None = None, *, nocache: bool = False) -> tuple[docker.Image, str]:
-    """The load flow: build the builder, stream its /result into the engine, remove it.
-
-    Returns the image and the tag Nix gave it."""
+                substituter: Substituter | None = None, *, tag: str, nocache: bool = False) -> docker.Image:
+    """The load flow: build the builder, stream its /result into the engine as `tag`, remove the builder."""
     builder = _build(project, "web", substituter=substituter, nocache=nocache, **args)
     try:
-        loaded = docker.stream_into_load(builder.id, ["/result"], known_chains=docker.known_chains(name))
+        return docker.stream_into_load(builder.id, ["/result"], known_chains=docker.known_chains(name), tag=tag,
+                                       accept=lambda named: _check_named(named, name))
     finally:
         docker.remove_image(builder.id)
-    nix_tag = _check_loaded(loaded, name)
-    return docker.require_image(nix_tag, "docker load reported success but the image is missing"), nix_tag
 
 
-def _check_loaded(loaded: list[str], name: str) -> str:
-    tags = [t for t in loaded if t.startswith(f"{name}:")]
-    if not tags:
+def _check_named(named: list[str], name: str) -> None:
+    """The images file must name its image as the toolkit does (web.name), though the tags are the toolkit's."""
+    if not any(t.startswith(f"{name}:") for t in named):
         raise BuildFailed(
-            f"the images file built {', '.join(loaded) or 'no tagged image'}, not an image named {name}",
+            f"the images file built {', '.join(named) or 'no tagged image'}, not an image named {name}",
             f"set name = \"{name}\" in the images file's image, or the image name in invoke.yaml (web.name)",
         )
-    return tags[0]
 
 
 def _build(project: Project, dockerfile: str, *, tag: str | None = None, labels: dict[str, str] | None = None,

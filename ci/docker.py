@@ -8,6 +8,9 @@ log as it arrives; failures become one-line ToolkitErrors with the log tail.
 from __future__ import annotations
 
 import contextlib
+import functools
+import http.client
+import inspect
 import logging
 import os
 import re
@@ -21,12 +24,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import docker
 import docker.errors
 import docker.utils
 import requests
+import urllib3.exceptions
 from docker.api.build import process_dockerfile
 
 from . import archive
@@ -34,6 +38,7 @@ from .credentials import Credentials
 from .errors import (
     BuildFailed,
     DockerUnavailable,
+    EngineStopped,
     ImageNotFound,
     IntegrityError,
     NetworkUnavailable,
@@ -57,9 +62,8 @@ def client() -> docker.DockerClient:
         engine = docker.from_env(timeout=600)
         engine.ping()
     except (docker.errors.DockerException, requests.RequestException) as exc:
-        host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
         raise DockerUnavailable(
-            f"cannot reach the Docker daemon at {host} ({_reason(exc)})",
+            f"cannot reach the Docker daemon at {_host()} ({_reason(exc)})",
             "start dockerd (e.g. `sudo systemctl start docker`) or point DOCKER_HOST at a running engine",
         ) from None
     return engine
@@ -71,6 +75,123 @@ def _reason(exc: Exception) -> str:
         if known in text:
             return known.lower()
     return text[:120]
+
+
+def _host() -> str:
+    return os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# What the engine going away looks like from here: a connection refused or
+# dropped, a stream cut short, or a failure it reported while shutting down
+# (a build step or a stream container killed).
+_ENGINE_GONE = (ToolkitError, docker.errors.DockerException, requests.RequestException,
+                urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)
+
+
+def needs_engine(doing: str) -> Callable[[F], F]:
+    """For the tasks that build in the engine: first remove what builds left when the engine
+    stopped under them (sweep), then run. Should the engine go away meanwhile, the failure,
+    whatever form it took, becomes one EngineStopped line saying what was under way: `doing`,
+    formatted with the function's arguments ("building {name}")."""
+
+    def decorate(function: F) -> F:
+        signature = inspect.signature(function)
+
+        @functools.wraps(function)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                sweep()
+                return function(*args, **kwargs)
+            except DockerUnavailable:
+                raise  # never reached, or already said
+            except _ENGINE_GONE as exc:
+                if _answers():
+                    raise  # the engine is there: the failure is the task's own
+                log.debug("the engine went away: %r", exc)
+                raise EngineStopped(
+                    f"the Docker engine at {_host()} stopped answering while "
+                    f"{doing.format_map(signature.bind(*args, **kwargs).arguments)}",
+                    "start it again and re-run: the next build removes what this one left in it",
+                ) from None
+
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def _answers() -> bool:
+    """Whether the engine answers now, on a new connection, within seconds. (A stopping
+    engine closes its socket first, then stops its containers: a build step it kills fails
+    while this already says no.)"""
+    try:
+        with contextlib.closing(docker.from_env(timeout=5)) as probe:
+            return bool(probe.ping())
+    except (docker.errors.DockerException, requests.RequestException):
+        return False
+
+
+@cache  # once per process: build-web may run build-cache, which runs build-base
+def sweep() -> None:
+    """Remove what builds left when the engine stopped under them, as it left them unfinished:
+    the toolkit's containers that are not running (the classic builder's step containers carry
+    the label too, from the builder images) and, when there are such containers, its untagged
+    images that were never tagged (a builder image, the steps of a build cut short); only those
+    made before the engine last started. Everything a live run makes is younger than that, so concurrent runs are never
+    touched; an image a container or a tag still needs is kept by the engine itself."""
+    api = client().api
+    containers = [c["Id"] for c in api.containers(all=True, filters={"label": LABEL, "status": ["created", "exited", "dead"]})
+                  if c["Labels"].get(LABEL) != "run"]  # run-web's and start's: the user's to keep or remove
+    # A build the engine stopped under leaves its step or stream container. Without one, the
+    # images are not looked at: old cache images that lost their tag would cost an inspection
+    # each on every build.
+    started = _engine_started() if containers else None
+    if started is None:
+        return
+    images = [i["Id"] for i in api.images(filters={"dangling": True, "label": LABEL})]
+    # The engine's own times, to the nanosecond: a stopping engine commits a build step within
+    # the second before it starts again.
+    removed = [_removed(lambda c=c: api.remove_container(c["Id"], force=True), f"container {c['Id'][:12]}")
+               for c in _inspected(api.inspect_container, containers) if _timestamp(c["Created"]) < started]
+    removed += [_quietly(lambda i=i: api.remove_image(i["Id"]))  # and its untagged parents, the build's steps
+                for i in _inspected(api.inspect_image, images) if _timestamp(i["Created"]) < started and _never_tagged(i)]
+    if any(removed):
+        log.info("removed %d containers and images left by builds the engine stopped under", sum(removed))
+
+
+def _engine_started() -> datetime | None:
+    """When the engine last started, by its clock: it makes its default network anew at every
+    start. None without one (dockerd --bridge=none): then nothing is swept."""
+    try:
+        return _timestamp(client().api.inspect_network("bridge")["Created"])
+    except docker.errors.NotFound:
+        return None
+
+
+def _inspected(describe: Callable[[str], Mapping[str, Any]], ids: list[str]) -> list[Mapping[str, Any]]:
+    found = []
+    for ident in ids:
+        with contextlib.suppress(docker.errors.NotFound):  # removed meanwhile
+            found.append(describe(ident))
+    return found
+
+
+def _never_tagged(image: Mapping[str, Any]) -> bool:
+    """True for a build's own intermediate images; false for one that lost its tag to a newer one (an old nix-cache)."""
+    return str((image.get("Metadata") or {}).get("LastTagTime", "")).startswith("0001-")
+
+
+def _removed(action: Callable[[], object], what: str) -> bool:
+    try:
+        action()
+    except (docker.errors.DockerException, requests.RequestException) as exc:
+        # e.g. dockerd 20.10 whose data-root is a mount of its own (it makes one when / is not
+        # shared): a root filesystem the stopping engine left mounted cannot be removed
+        reason = str(getattr(exc, "explanation", None) or exc).strip()
+        log.warning("cannot remove %s, left by a build the engine stopped under: %s", what, reason.splitlines()[0][:300])
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -256,13 +377,17 @@ def _log_build_line(line: str) -> None:
     log.log(logging.DEBUG if line.startswith(_BUILD_CHATTER) else logging.INFO, "%s", line)
 
 
-def stream_into_load(image: str, command: list[str], *, known_chains: set[str]) -> list[str]:
+def stream_into_load(image: str, command: list[str], *, known_chains: set[str], tag: str,
+                     accept: Callable[[list[str]], object] = lambda named: None) -> Image:
     """Run `command` in a container of `image` and `docker load` the archive it writes to stdout.
 
     Layers whose chain is in `known_chains` (the engine has them) are left
     out of what the engine receives (see ci.archive). Nothing is loaded
-    unless the command succeeded. Returns the loaded tags; the container is
-    removed, at once when the toolkit stops reading (Ctrl-C).
+    unless the command succeeded and `accept`, given the tags the archive
+    names, did not raise. The image enters the engine as `tag` and under no
+    other name: no temporary tag to remove, none left should the run stop
+    right after. Returns it; the container is removed, at once when the
+    toolkit stops reading (Ctrl-C).
     """
     api = client().api
     log.info("running %s in a container of %s and loading what it writes", " ".join(command), image[7:19])
@@ -274,7 +399,7 @@ def stream_into_load(image: str, command: list[str], *, known_chains: set[str]) 
                                      host_config=api.create_host_config(binds=channel.binds))
             output = channel.open(container)
             try:
-                slimmed = archive.slim(output, known_chains)
+                slimmed = archive.slim(output, known_chains, tags=[tag])
             except BaseException:  # Ctrl-C, a broken stream: nobody reads its output any more, never wait for it
                 _quietly(lambda: api.kill(container))
                 raise
@@ -286,9 +411,11 @@ def stream_into_load(image: str, command: list[str], *, known_chains: set[str]) 
                     details="\n".join(stderr.splitlines()[-BUILD_TAIL:]),
                 )
             with slimmed:
+                accept(slimmed.named)
                 log.info("loading %.1f MB into the engine; %d layers (%.1f MB) it has already are left out",
                          slimmed.bytes_kept / 1e6, slimmed.layers_dropped, slimmed.bytes_dropped / 1e6)
-                return _load(slimmed.chunks())
+                _load(slimmed.chunks())
+            return require_image(tag, "docker load reported success but the image is missing")
         except docker.errors.APIError as exc:
             raise _api_error(exc, "loading the image into Docker failed") from None
         finally:
@@ -391,22 +518,23 @@ def load_archive(path: str) -> list[str]:
 EPOCH = "1970-01-01T00:00:01Z"
 
 
-def normalised(image: str) -> Image:
-    """A copy of `image` whose config holds no build time and no build container.
+def normalised(image: str, tag: str) -> Image:
+    """A copy of `image` whose config holds no build time and no build container, tagged `tag`.
 
     The classic builder stamps both into the config, so that the same layers
     would get another image ID at every build. Only the config is sent back
-    to the engine (it has the layers); `image` itself is removed.
+    to the engine (it has the layers), with its tag: the copy is never
+    untagged; `image` itself is removed.
     """
     api = client().api
     found = require_image(image, "it was just built; is another process removing images?")
     try:
         with archive.normalise(api.get_image(found.id), created=EPOCH,
-                               known_chains=set(archive.chain_ids(found.layers))) as fixed:
-            loaded = _load(fixed.chunks())
+                               known_chains=set(archive.chain_ids(found.layers)), tags=[tag]) as fixed:
+            _load(fixed.chunks())
     except docker.errors.APIError as exc:
         raise _api_error(exc, f"cannot rewrite the config of {found.id[:19]}") from None
-    result = require_image(loaded[-1], "docker load reported success but the image is missing")
+    result = require_image(tag, "docker load reported success but the image is missing")
     if result.id != found.id:
         remove_image(found.id)
     return result
@@ -593,11 +721,15 @@ def _holding_ctrl_c() -> Iterator[None]:
             previous(signal.SIGINT, None)  # the default handler raises KeyboardInterrupt
 
 
-def _quietly(action: Any) -> None:
+def _quietly(action: Any) -> bool:
+    """Run a cleanup step; False when it failed. An engine that went away fails it too: the
+    failure that caused the cleanup is the one to report (and the next build sweeps)."""
     try:
         action()
-    except docker.errors.DockerException as exc:
+    except (docker.errors.DockerException, requests.RequestException) as exc:
         log.debug("cleanup failed: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return False
+    return True
 
 
 def _api_error(exc: docker.errors.APIError, what: str) -> ToolkitError:

@@ -52,6 +52,10 @@ class DockerUnavailable(ToolkitError):
     """The Docker engine cannot be reached."""
 
 
+class EngineStopped(DockerUnavailable):
+    """The Docker engine went away in the middle of a task (stopped, restarted, crashed)."""
+
+
 class ImageNotFound(ToolkitError):
     """An image is not where it was expected."""
 

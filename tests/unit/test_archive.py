@@ -73,3 +73,24 @@ def test_a_stream_without_manifest_is_refused():
         pass
     with pytest.raises(BuildFailed, match="has no manifest.json"):
         archive.slim([buffer.getvalue()], set())
+
+
+def manifest_and_config(slimmed: archive.Slimmed) -> tuple[list, dict]:
+    with slimmed, tarfile.open(fileobj=io.BytesIO(b"".join(slimmed.chunks()))) as tar:
+        manifest = json.load(tar.extractfile("manifest.json"))
+        return manifest, json.load(tar.extractfile(manifest[0]["Config"]))
+
+
+def test_tags_replace_the_archives_own_which_are_kept_aside():
+    slimmed = archive.slim(chunked(make_archive([b"layer"])), set(), tags=["web:id-abc"])
+    manifest, _ = manifest_and_config(slimmed)
+    assert [entry["RepoTags"] for entry in manifest] == [["web:id-abc"]]
+    assert slimmed.named == ["web:test"]
+
+
+def test_normalise_tags_too():
+    fixed = archive.normalise(chunked(make_archive([b"layer"])), created="1970-01-01T00:00:01Z", known_chains=set(),
+                              tags=["web:id-abc"])
+    manifest, config = manifest_and_config(fixed)
+    assert manifest[0]["RepoTags"] == ["web:id-abc"]
+    assert config["created"] == "1970-01-01T00:00:01Z"
