@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import http.client
 import inspect
 import logging
@@ -24,6 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import cache
+from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import docker
@@ -136,19 +138,22 @@ def _answers() -> bool:
 def sweep() -> None:
     """Remove what builds left when the engine stopped under them, as it left them unfinished:
     the toolkit's containers that are not running (the classic builder's step containers carry
-    the label too, from the builder images) and, when there are such containers, its untagged
-    images that were never tagged (a builder image, the steps of a build cut short); only those
-    made before the engine last started. Everything a live run makes is younger than that, so concurrent runs are never
-    touched; an image a container or a tag still needs is kept by the engine itself."""
+    the label too, from the builder images), and its untagged images that were never tagged
+    (a builder image, the steps of a build cut short); only those made before the engine last
+    started. Everything a live run makes is younger than that, so concurrent runs are never
+    touched; an image a container or a tag still needs is kept by the engine itself. Once a
+    sweep has removed all it found, the next ones wait for the engine's next start."""
     api = client().api
+    try:
+        network = api.inspect_network("bridge")  # the engine makes it anew at every start
+    except docker.errors.NotFound:
+        return  # dockerd --bridge=none: no way to date its start, so nothing is swept
+    stamp = _sweep_stamp()
+    if _read(stamp) == network["Id"]:
+        return  # swept since this engine started: old images that lost their tag are not inspected again
+    started = _timestamp(network["Created"])
     containers = [c["Id"] for c in api.containers(all=True, filters={"label": LABEL, "status": ["created", "exited", "dead"]})
                   if c["Labels"].get(LABEL) != "run"]  # run-web's and start's: the user's to keep or remove
-    # A build the engine stopped under leaves its step or stream container. Without one, the
-    # images are not looked at: old cache images that lost their tag would cost an inspection
-    # each on every build.
-    started = _engine_started() if containers else None
-    if started is None:
-        return
     images = [i["Id"] for i in api.images(filters={"dangling": True, "label": LABEL})]
     # The engine's own times, to the nanosecond: a stopping engine commits a build step within
     # the second before it starts again.
@@ -158,15 +163,23 @@ def sweep() -> None:
                 for i in _inspected(api.inspect_image, images) if _timestamp(i["Created"]) < started and _never_tagged(i)]
     if any(removed):
         log.info("removed %d containers and images left by builds the engine stopped under", sum(removed))
+    if all(removed):
+        with contextlib.suppress(OSError):  # no place to keep it: the next build sweeps again
+            stamp.parent.mkdir(parents=True, exist_ok=True)
+            stamp.write_text(network["Id"])
 
 
-def _engine_started() -> datetime | None:
-    """When the engine last started, by its clock: it makes its default network anew at every
-    start. None without one (dockerd --bridge=none): then nothing is swept."""
+def _sweep_stamp() -> Path:
+    """Where the start of the engine last swept is kept, one file per engine address."""
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache_home / "nix-ci" / f"swept-{hashlib.sha256(_host().encode()).hexdigest()[:16]}"
+
+
+def _read(path: Path) -> str:
     try:
-        return _timestamp(client().api.inspect_network("bridge")["Created"])
-    except docker.errors.NotFound:
-        return None
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def _inspected(describe: Callable[[str], Mapping[str, Any]], ids: list[str]) -> list[Mapping[str, Any]]:
@@ -185,6 +198,8 @@ def _never_tagged(image: Mapping[str, Any]) -> bool:
 def _removed(action: Callable[[], object], what: str) -> bool:
     try:
         action()
+    except docker.errors.NotFound:
+        pass  # another build's sweep was first
     except (docker.errors.DockerException, requests.RequestException) as exc:
         # e.g. dockerd 20.10 whose data-root is a mount of its own (it makes one when / is not
         # shared): a root filesystem the stopping engine left mounted cannot be removed
