@@ -98,7 +98,8 @@ def run(
     failures: list[Exception] = []
     kill_later: list[threading.Timer] = []
 
-    def take(line: str, _stdin: object, running: sh.RunningCommand) -> None:  # called in sh's reader thread
+    # sh passes the running command to a callback with three parameters; it calls it in its reader thread.
+    def take(line: str, _stdin: object, running: sh.RunningCommand) -> None:
         lines.append(line)
         if on_line is None or failures:
             return

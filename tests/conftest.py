@@ -56,6 +56,19 @@ def assert_one_line_error(outcome: Outcome, *phrases: str) -> None:
         assert phrase in outcome.error_line, outcome.error_line
 
 
+def processes(program: str, marker: str) -> list[int]:
+    """PIDs of `program` processes whose command line mentions `marker` (a path unique to the test)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(program.encode()) and any(marker.encode() in a for a in argv):
+            found.append(int(pid))
+    return found
+
+
 @pytest.fixture
 def toolkit():
     return invoke

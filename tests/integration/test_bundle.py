@@ -26,7 +26,7 @@ import requests
 
 from ci import bundle, oras
 from ci.errors import ConfigError
-from tests.conftest import ROOT, assert_one_line_error, invoke
+from tests.conftest import ROOT, assert_one_line_error, invoke, processes
 from tests.integration import registries
 from tests.integration.conftest import project_copy
 
@@ -527,19 +527,6 @@ def test_registry_that_does_not_answer(engine, runner, env, tmp_path):
     assert code == 2 and error_line(logs).startswith(f"error: cannot pull {reference}: ")
 
 
-def registry_processes(marker: str) -> list[int]:
-    """docker-registry processes whose command line mentions `marker` (a path unique to the test)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(b"docker-registry") and any(marker.encode() in a for a in argv):
-            found.append(int(pid))
-    return found
-
-
 def big_cache(directory: Path, size: int) -> Path:
     """A binary cache holding one NAR of `size` bytes (never restored: only moved)."""
     cache = directory / "cache"
@@ -574,7 +561,7 @@ def test_registry_that_goes_away_mid_pull(env, tmp_path):
                 except OSError:
                     continue
                 if received > 10_000_000:
-                    for pid in registry_processes(str(storage)):
+                    for pid in processes("docker-registry", str(storage)):
                         os.kill(pid, signal.SIGKILL)
                     killed = True
                     break

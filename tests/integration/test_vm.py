@@ -19,7 +19,7 @@ import pytest
 import requests
 
 from ci import oras, vm
-from tests.conftest import FIXTURE_CONFIG, ROOT, assert_one_line_error, invoke
+from tests.conftest import FIXTURE_CONFIG, ROOT, assert_one_line_error, invoke, processes
 from tests.integration import registries
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA4b6L7g8/NF66/2riOVBBGIpMvEiNo335A21y9yg411 vmtest@host"
@@ -42,20 +42,6 @@ def key_file(tmp_path: Path) -> Path:
     path = tmp_path / "id_ed25519.pub"
     path.write_text(KEY + "\n")
     return path
-
-
-def qemu_processes(marker: str) -> list[int]:
-    """qemu processes whose command line mentions `marker` (a path unique to the test)."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if argv and argv[0].endswith(b"qemu-system-x86_64") and any(marker.encode() in a for a in argv):
-                found.append(int(pid))
-    return found
 
 
 def free_port() -> int:
@@ -231,7 +217,7 @@ def small_disks(tmp_path):
     seed = tmp_path / "vmtest-seed.img"
     assert invoke("cidata", "--output", str(seed)).code == 0
     yield image, seed
-    for pid in qemu_processes(str(image)):  # only when a test failed: never leave a VM behind
+    for pid in processes("qemu-system-x86_64", str(image)):  # only when a test failed: never leave a VM behind
         os.kill(pid, signal.SIGKILL)
 
 
@@ -263,14 +249,14 @@ def test_run_vm_starts_qemu_and_leaves_nothing_running(small_disks, kvm):
             time.sleep(0.1)
         assert b"SeaBIOS" in seen, (seen, process.poll())  # the guest's serial console reaches our stdout
         assert seen.decode(errors="replace").splitlines()[0] == vm.ssh_command("nixos", "127.0.0.1", port)
-        assert qemu_processes(str(image)), "qemu is not running"
+        assert processes("qemu-system-x86_64", str(image)), "qemu is not running"
         assert port_in_use(port)  # qemu holds the SSH forward
     finally:
         process.send_signal(signal.SIGTERM)  # to invoke only: it must pass it on to qemu
         _, stderr = process.communicate(timeout=30)
     assert ("TCG" in stderr.decode()) != kvm, stderr
     assert process.returncode == 0, stderr.decode()
-    assert not qemu_processes(str(image)), "qemu outlived run-vm"
+    assert not processes("qemu-system-x86_64", str(image)), "qemu outlived run-vm"
     assert not port_in_use(port)
 
 
@@ -282,7 +268,7 @@ def test_run_vm_port_already_taken(small_disks):
         port = taken.getsockname()[1]
         outcome = invoke("run-vm", "--image", str(image), "--seed", str(seed), "--port", str(port))
     assert_one_line_error(outcome, f"port {port} on 127.0.0.1 is already taken", "--port")
-    assert not qemu_processes(str(image))
+    assert not processes("qemu-system-x86_64", str(image))
 
 
 def test_run_vm_missing_image(tmp_path):
