@@ -6,7 +6,9 @@ as they were, that is 60 MB written for a few kB of news. The toolkit reads
 the stream itself, keeps what it must (in memory, spilling to disk past
 SPOOL bytes), and hands the engine an archive without the layers it has.
 The streaming dockerTools builders write the config and manifest after the
-layers, so nothing can be dropped before the whole stream has been read.
+layers, but name each layer file after its digest (<diff id>/layer.tar): a
+layer whose chain the engine has is skipped as it streams by, never copied.
+The config read at the end confirms each skip.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -30,9 +33,12 @@ def chain_ids(diff_ids: Iterable[str]) -> list[str]:
     """The engine's name of each layer stack: the first diff ID, then sha256 of "parent child"."""
     chains: list[str] = []
     for diff_id in diff_ids:
-        chains.append(diff_id if not chains else
-                      "sha256:" + hashlib.sha256(f"{chains[-1]} {diff_id}".encode()).hexdigest())
+        chains.append(diff_id if not chains else _child_chain(chains[-1], diff_id))
     return chains
+
+
+def _child_chain(parent: str, diff_id: str) -> str:
+    return "sha256:" + hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest()
 
 
 @dataclass
@@ -66,14 +72,23 @@ def slim(chunks: Iterable[bytes], known_chains: set[str],
     under those and no other (the archive's own are in Slimmed.named).
     """
     members: list[tuple[tarfile.TarInfo, IO[bytes] | None]] = []
+    skipped: set[str] = set()
     try:
         with tar_stream(chunks) as archive:
+            named_chains = _NamedChains(known_chains)
             for member in archive:
-                members.append((member, _spool(archive.extractfile(member)) if member.isfile() else None))
+                if member.isfile() and named_chains.known(member.name):
+                    skipped.add(member.name)
+                    members.append((member, None))
+                else:
+                    members.append((member, _spool(archive.extractfile(member)) if member.isfile() else None))
         named = _repo_tags(members)
         if edit_config is not None or tags is not None:
             members = _edited(members, edit_config, tags)
-        slimmed = _without(members, _droppable(members, known_chains))
+        droppable = _droppable(members, known_chains)
+        if not skipped <= droppable:
+            raise BuildFailed(f"the image stream names layer {min(skipped - droppable)} after a digest it does not have")
+        slimmed = _without(members, droppable)
         slimmed.named = named
         return slimmed
     except (tarfile.TarError, EOFError) as exc:
@@ -82,6 +97,26 @@ def slim(chunks: Iterable[bytes], known_chains: set[str],
         for _, data in members:
             if data is not None:
                 data.close()
+
+
+class _NamedChains:
+    """The chains of the layer files met so far, from their names, while they all are known."""
+
+    NAME = re.compile(r"([0-9a-f]{64})/layer\.tar")
+
+    def __init__(self, known_chains: set[str]) -> None:
+        self._known = known_chains
+        self._chain: str | None = None
+        self._broken = False
+
+    def known(self, name: str) -> bool:
+        digest = self.NAME.fullmatch(name)
+        if digest is None or self._broken:  # past an unknown layer, no chain can be known
+            return False
+        diff_id = f"sha256:{digest[1]}"
+        self._chain = diff_id if self._chain is None else _child_chain(self._chain, diff_id)
+        self._broken = self._chain not in self._known
+        return not self._broken
 
 
 def _droppable(members: list[tuple[tarfile.TarInfo, IO[bytes] | None]], known_chains: set[str]) -> set[str]:
@@ -184,7 +219,7 @@ def _read(files: dict[str, IO[bytes]], name: str) -> bytes:
 
 def tar_stream(chunks: Iterable[bytes]) -> tarfile.TarFile:
     """A tar archive read in stream mode from an iterator of byte chunks (an engine response)."""
-    return tarfile.open(fileobj=io.BufferedReader(_ChunkReader(chunks), BLOCK), mode="r|")
+    return tarfile.open(fileobj=io.BufferedReader(_ChunkReader(chunks), BLOCK), mode="r|", bufsize=BLOCK)
 
 
 class _ChunkReader(io.RawIOBase):

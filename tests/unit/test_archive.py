@@ -4,6 +4,7 @@ import hashlib
 import io
 import json
 import tarfile
+import tracemalloc
 
 import pytest
 
@@ -11,13 +12,14 @@ from ci import archive
 from ci.errors import BuildFailed
 
 
-def make_archive(layers: list[bytes], *, order: str = "layers-first") -> bytes:
-    """A docker-archive with one layer per item, as dockerTools' streaming builders write it."""
+def make_archive(layers: list[bytes], *, order: str = "layers-first", names: list[str] | None = None) -> bytes:
+    """A docker-archive with one layer per item, as dockerTools' streaming builders write it
+    (they name each layer file <diff id>/layer.tar; `names` gives other names)."""
     diff_ids = [f"sha256:{hashlib.sha256(layer).hexdigest()}" for layer in layers]
     config = json.dumps({"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": diff_ids}})
-    manifest = json.dumps([{"Config": "config.json", "RepoTags": ["web:test"],
-                            "Layers": [f"{i}/layer.tar" for i in range(len(layers))]}])
-    entries = [(f"{i}/layer.tar", layer) for i, layer in enumerate(layers)]
+    names = names or [f"{i}/layer.tar" for i in range(len(layers))]
+    manifest = json.dumps([{"Config": "config.json", "RepoTags": ["web:test"], "Layers": names}])
+    entries = list(zip(names, layers, strict=True))
     metadata = [("config.json", config.encode()), ("manifest.json", manifest.encode())]
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -59,6 +61,33 @@ def test_a_known_layer_on_another_stack_is_kept():
     known = {diff_ids[1]}  # same content, but its chain (parent) differs
     with archive.slim(chunked(make_archive(layers)), known) as slimmed:
         assert slimmed.layers_dropped == 0
+
+
+def digest_names(layers: list[bytes]) -> list[str]:
+    return [f"{hashlib.sha256(layer).hexdigest()}/layer.tar" for layer in layers]
+
+
+def test_a_known_layer_named_by_its_digest_is_never_held_in_memory():
+    layers = [bytes(range(256)) * 80_000, b"page"]  # 20 MB the engine has, then the news
+    known = set(archive.chain_ids([f"sha256:{hashlib.sha256(layers[0]).hexdigest()}"]))
+    data = make_archive(layers, names=digest_names(layers))
+    tracemalloc.start()
+    try:
+        slimmed = archive.slim(chunked(data, 1 << 20), known)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert names(slimmed) == [digest_names(layers)[1], "config.json", "manifest.json"]
+    assert (slimmed.layers_dropped, slimmed.bytes_dropped) == (1, len(layers[0]))
+    assert peak < 8 << 20, peak  # read buffers only: the 20 MB layer was skipped as it went by
+
+
+def test_a_layer_named_after_a_digest_it_does_not_have_is_refused():
+    layers = [b"what the engine has", b"page"]
+    lying = [b"something else", b"page"]  # named as the engine's layer, but another content
+    known = set(archive.chain_ids([f"sha256:{hashlib.sha256(layers[0]).hexdigest()}"]))
+    with pytest.raises(BuildFailed, match=f"names layer {digest_names(layers)[0]} after a digest it does not have"):
+        archive.slim(chunked(make_archive(lying, names=digest_names(layers))), known)
 
 
 def test_a_truncated_stream_is_refused():
