@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from . import cache as cache_images
 from . import docker
 from .cache import CacheSettings
-from .errors import BuildFailed, ConfigError, NetworkUnavailable
+from .errors import BuildFailed, ConfigError, NetworkUnavailable, ToolkitError
 from .project import IDENTITY_PREFIX, Project
 
 # debian, nix, reproducible and transfer are imported where they are used: a
@@ -173,13 +173,37 @@ def _build_image(project: Project, name: str, dockerfile: str, args: dict[str, s
 
 def _stream_out(project: Project, name: str, args: dict[str, str],
                 substituter: Substituter | None = None, *, tag: str, nocache: bool = False) -> docker.Image:
-    """The load flow: build the builder, stream its /result into the engine as `tag`, remove the builder."""
-    builder = _build(project, "web", substituter=substituter, nocache=nocache, **args)
-    try:
-        return docker.stream_into_load(builder.id, ["/result"], known_chains=docker.known_chains(name), tag=tag,
-                                       accept=lambda named: _check_named(named, name))
-    finally:
-        docker.remove_image(builder.id)
+    """The load flow: Nix builds the image's stream script (web.Dockerfile), whose
+    output streams into the engine as `tag`.
+
+    When web.Dockerfile is ARG steps, `COPY .` and RUN steps on one FROM (as
+    shipped), one container of the cache image runs its RUN steps, then the
+    script: no container and image per step, no commit, no second container.
+    Otherwise docker build makes the builder image, a container of it runs
+    the script, and the builder is removed.
+    """
+    known, accept = docker.known_chains(name), lambda named: _check_named(named, name)
+    steps = project.one_container_build("web", project.buildargs("web", **_with_substituter(args, substituter)))
+    if steps is None:
+        builder = _build(project, "web", substituter=substituter, nocache=nocache, **args)
+        try:
+            return docker.stream_into_load(builder.id, [STREAM], known_chains=known, tag=tag, accept=accept)
+        finally:
+            docker.remove_image(builder.id)
+    extra = substituter.context() if substituter is not None else {}
+    # Each RUN step as the classic builder runs it; their output goes to stderr, as stdout carries the image.
+    script = f'for step in "$@"; do /bin/sh -c "$step" >&2 || exit; done; exec {STREAM}'
+    with docker.context_archive(project.root, project.context_files, under=steps.context_to, extra=extra) as files:
+        try:
+            return docker.stream_into_load(steps.image, ["/bin/sh", "-c", script, "web.Dockerfile", *steps.runs],
+                                           known_chains=known, tag=tag, accept=accept, files=files,
+                                           environment=steps.environment, describe=f"web.Dockerfile's RUN steps, then {STREAM}")
+        except BuildFailed as exc:
+            raise _nix_failure(exc, "web") from None
+
+
+# What the images file's Nix build leaves in the builder: the script that writes the image.
+STREAM = "/result"
 
 
 def _check_named(named: list[str], name: str) -> None:
@@ -193,18 +217,25 @@ def _check_named(named: list[str], name: str) -> None:
 
 def _build(project: Project, dockerfile: str, *, tag: str | None = None, labels: dict[str, str] | None = None,
            substituter: Substituter | None = None, nocache: bool = False, **args: str) -> docker.Image:
-    # A substituter (ci.bundle) goes into the context and NIX_CONFIG; never into the identity of web images.
-    if substituter is not None:
-        args = {**args, "NIX_CONFIG": substituter.nix_config()}
     try:
         return docker.build(str(project.root), project.dockerfile(dockerfile), tag=tag, labels=labels, nocache=nocache,
-                            buildargs=project.buildargs(dockerfile, **args),
+                            buildargs=project.buildargs(dockerfile, **_with_substituter(args, substituter)),
                             extra_context=substituter.context() if substituter is not None else None)
     except BuildFailed as exc:
-        from . import nix
+        raise _nix_failure(exc, dockerfile) from None
 
-        if not nix.first_error(exc.details) and not docker.looks_offline(exc.details):
-            raise
-        raise nix.build_error(f"the Nix build in {dockerfile}.Dockerfile", exc.details, fallback=exc.message,
-                              offline=f"the Nix build in {dockerfile}.Dockerfile needs a download and there is no network",
-                              offline_hint=OFFLINE_HINT) from None
+
+def _with_substituter(args: dict[str, str], substituter: Substituter | None) -> dict[str, str]:
+    """A substituter (ci.bundle) goes into the context and NIX_CONFIG; never into the identity of web images."""
+    return {**args, "NIX_CONFIG": substituter.nix_config()} if substituter is not None else args
+
+
+def _nix_failure(exc: BuildFailed, dockerfile: str) -> ToolkitError:
+    """A failed build of `dockerfile` in one line: Nix's first error, or no network, when its log shows one."""
+    from . import nix
+
+    if not nix.first_error(exc.details) and not docker.looks_offline(exc.details):
+        return exc
+    return nix.build_error(f"the Nix build in {dockerfile}.Dockerfile", exc.details, fallback=exc.message,
+                           offline=f"the Nix build in {dockerfile}.Dockerfile needs a download and there is no network",
+                           offline_hint=OFFLINE_HINT)

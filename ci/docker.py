@@ -8,6 +8,7 @@ log as it arrives; failures become one-line ToolkitErrors with the log tail.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import functools
 import hashlib
 import http.client
@@ -393,38 +394,48 @@ def _log_build_line(line: str) -> None:
 
 
 def stream_into_load(image: str, command: list[str], *, known_chains: set[str], tag: str,
-                     accept: Callable[[list[str]], object] = lambda named: None) -> Image:
+                     accept: Callable[[list[str]], object] = lambda named: None, files: IO[bytes] | None = None,
+                     environment: Mapping[str, str] | None = None, describe: str | None = None) -> Image:
     """Run `command` in a container of `image` and `docker load` the archive it writes to stdout.
 
-    Layers whose chain is in `known_chains` (the engine has them) are left
-    out of what the engine receives (see ci.archive). Nothing is loaded
-    unless the command succeeded and `accept`, given the tags the archive
-    names, did not raise. The image enters the engine as `tag` and under no
-    other name: no temporary tag to remove, none left should the run stop
-    right after. Returns it; the container is removed, at once when the
-    toolkit stops reading (Ctrl-C).
+    `files` (a tar archive) is unpacked at / before the command starts, and
+    `environment` is set for it; its stderr is logged as it comes. Layers
+    whose chain is in `known_chains` (the engine has them) are left out of
+    what the engine receives (see ci.archive). Nothing is loaded unless the
+    command succeeded and `accept`, given the tags the archive names, did
+    not raise. The image enters the engine as `tag` and under no other
+    name: no temporary tag to remove, none left should the run stop right
+    after. Returns it; the container is removed, at once when the toolkit
+    stops reading (Ctrl-C). `describe` names the command in the log and in errors.
     """
     api = client().api
-    log.info("running %s in a container of %s and loading what it writes", " ".join(command), image[7:19])
+    describe = describe or " ".join(command)
+    log.info("running %s in a container of %s and loading what it writes", describe, image[7:19])
     container = f"nix-ci-stream-{uuid.uuid4().hex[:16]}"
     with _output_channel() as channel:
         try:
             with _holding_ctrl_c():  # the engine finishes creating it, so that it is removed below
-                api.create_container(image, command=channel.command(command), labels={LABEL: "stream"}, name=container,
+                api.create_container(image, command=channel.command(command), environment=dict(environment or {}),
+                                     labels={LABEL: "stream"}, name=container,
                                      host_config=api.create_host_config(binds=channel.binds))
-            output = channel.open(container)
+            if files is not None and not api.put_archive(container, "/", files):
+                raise ToolkitError(f"cannot copy the build context into a container of {image[:19]}")
+            output = _Counted(channel.open(container))
+            stderr = _Stderr(container)
             try:
                 slimmed = archive.slim(output, known_chains, tags=[tag])
+            except BuildFailed:  # not a whole archive: when the command stopped writing, say why it did
+                status = channel.wait(container, timeout=STOP_WAIT) if output.ended else None
+                if status:
+                    raise stderr.failure(f"{describe} exited {status} {'while' if output.count else 'before'} "
+                                         f"writing the image, in a container of {image[7:19]}") from None
+                raise
             except BaseException:  # Ctrl-C, a broken stream: nobody reads its output any more, never wait for it
                 _quietly(lambda: api.kill(container))
                 raise
             status = channel.wait(container)
             if status != 0:
-                stderr = api.logs(container, stdout=False, stderr=True).decode(errors="replace")
-                raise BuildFailed(
-                    f"{' '.join(command)} in {image[:19]} exited {status} while writing the image",
-                    details="\n".join(stderr.splitlines()[-BUILD_TAIL:]),
-                )
+                raise stderr.failure(f"{describe} exited {status} while writing the image, in a container of {image[7:19]}")
             with slimmed:
                 accept(slimmed.named)
                 log.info("loading %.1f MB into the engine; %d layers (%.1f MB) it has already are left out",
@@ -435,6 +446,76 @@ def stream_into_load(image: str, command: list[str], *, known_chains: set[str], 
             raise _api_error(exc, "loading the image into Docker failed") from None
         finally:
             _quietly(lambda: api.remove_container(container, force=True))
+
+
+# How long a container whose output ended may take to exit before it is taken as stuck.
+STOP_WAIT = 30
+
+
+class _Counted:
+    """Chunks passed through, counted: whether a stream that broke had begun, and had ended."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self.count = 0
+        self.ended = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._chunks:
+            self.count += len(chunk)
+            yield chunk
+        self.ended = True
+
+
+class _Stderr:
+    """A container's stderr, logged line by line as it comes (the Nix build's progress);
+    its tail makes the details of a failure."""
+
+    def __init__(self, container: str) -> None:
+        self._tail: list[str] = []
+        self._thread = threading.Thread(target=self._follow, args=(container,), daemon=True)
+        self._thread.start()
+
+    def _follow(self, container: str) -> None:
+        with contextlib.suppress(docker.errors.DockerException, requests.RequestException, urllib3.exceptions.HTTPError):
+            for line in _stderr_lines(container):
+                self._tail = (self._tail + [line])[-BUILD_TAIL:]
+                _log_build_line(line)
+
+    def failure(self, message: str) -> BuildFailed:
+        self._thread.join(timeout=STOP_WAIT)
+        return BuildFailed(message, "the end of its output is above", details="\n".join(self._tail))
+
+
+def _stderr_lines(container: str) -> Iterator[str]:
+    """The lines a container writes to stderr, until it stops."""
+    pending = b""
+    for chunk in client().api.logs(container, stdout=False, stderr=True, stream=True, follow=True):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.decode(errors="replace").rstrip("\r")
+    if pending:
+        yield pending.decode(errors="replace")
+
+
+def context_archive(root: Path, files: list[str], *, under: str, extra: Mapping[str, str]) -> IO[bytes]:
+    """What `COPY . UNDER` puts in an image, as a tar archive to unpack at /: the context
+    `files` (relative to `root`) and the `extra` directories (name: directory), owned by root."""
+    def owned_by_root(member: tarfile.TarInfo) -> tarfile.TarInfo:
+        member.uid = member.gid = 0
+        member.uname = member.gname = ""
+        return member
+
+    prefix = under.strip("/")
+    data = tempfile.TemporaryFile()  # noqa: SIM115 - the caller closes it
+    with tarfile.open(fileobj=data, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for relative in files:
+            tar.add(root / relative, arcname=f"{prefix}/{relative}", recursive=False, filter=owned_by_root)
+        for name, directory in extra.items():
+            tar.add(directory, arcname=f"{prefix}/{name}", filter=owned_by_root)
+    data.seek(0)
+    return data
 
 
 @contextmanager
@@ -462,8 +543,13 @@ class _Attach:
         api.start(container)
         return output
 
-    def wait(self, container: str) -> int:
-        return int(client().api.wait(container)["StatusCode"])
+    def wait(self, container: str, timeout: float | None = None) -> int | None:
+        try:
+            return int(client().api.wait(container, timeout=timeout)["StatusCode"])
+        except (requests.exceptions.Timeout, requests.exceptions.ConnectionError):  # timed out: still running
+            if timeout is None:
+                raise
+            return None
 
 
 class _Fifo:
@@ -481,9 +567,13 @@ class _Fifo:
         client().api.start(container)
         # Opening a FIFO blocks until a writer comes; if the container dies
         # before it opens its end, the watcher opens one so that this returns.
-        watcher = threading.Thread(target=self._watch, args=(container,), daemon=True)
-        watcher.start()
-        stream = open(self.path, "rb")  # noqa: SIM115 - closed by the generator
+        self._watcher = threading.Thread(target=self._watch, args=(container,), daemon=True)
+        self._watcher.start()
+        stream = open(self.path, "rb", buffering=0)  # noqa: SIM115 - closed by the generator
+        # A pipe holds 64 kB: the writer would wait for every 64 kB read; 1 MB (the usual
+        # most an unprivileged process may ask) lets both sides move in larger steps.
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(stream.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
         return self._chunks(stream)
 
     def _watch(self, container: str) -> None:
@@ -497,18 +587,23 @@ class _Fifo:
         with stream:
             yield from iter(lambda: stream.read(1 << 20), b"")
 
-    def wait(self, container: str) -> int:
+    def wait(self, container: str, timeout: float | None = None) -> int | None:
+        if self._status is None and timeout is not None:
+            self._watcher.join(timeout)
+            return self._status
         return self._status if self._status is not None else int(client().api.wait(container)["StatusCode"])
 
 
 def known_chains(repository: str) -> set[str]:
-    """The layer chains of the local images of `repository`: what a load of a new version can skip."""
-    chains: set[str] = set()
-    for summary in client().api.images(name=repository):
-        image = inspect_image(summary["Id"])
-        if image is not None:
-            chains.update(archive.chain_ids(image.layers))
-    return chains
+    """The layer chains of `repository`:latest, what a load of its next version can skip.
+
+    Only latest: the one an everyday change starts from. Inspecting every
+    version kept locally would cost a request each, more with every build;
+    a layer the engine has under another version is sent, and skipped by the
+    engine itself.
+    """
+    image = inspect_image(f"{repository}:latest")
+    return set(archive.chain_ids(image.layers)) if image is not None else set()
 
 
 def _load(data: Iterator[bytes]) -> list[str]:
@@ -773,14 +868,9 @@ class OneOffContainer:
         tail: list[str] = []
         try:
             api.start(self.id)
-            pending = b""
-            for chunk in api.logs(self.id, stdout=False, stderr=True, stream=True, follow=True):
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
-                    text = line.decode(errors="replace").rstrip("\r")
-                    tail = (tail + [text])[-BUILD_TAIL:]
-                    on_line(text)
+            for line in _stderr_lines(self.id):
+                tail = (tail + [line])[-BUILD_TAIL:]
+                on_line(line)
             status = api.wait(self.id)["StatusCode"]
             stdout = api.logs(self.id, stdout=True, stderr=False).decode(errors="replace")
         except docker.errors.APIError as exc:

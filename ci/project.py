@@ -7,6 +7,7 @@ import datetime
 import hashlib
 import os
 import re
+import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
 from functools import cached_property
@@ -46,18 +47,50 @@ class Project:
 
     def buildargs(self, dockerfile: str, **extra: str) -> dict[str, str]:
         """The build arguments `dockerfile` declares, from the project and `extra`."""
-        lines = re.findall(r"^ARG (.+)$", Path(self.dockerfile(dockerfile)).read_text(), re.M)
-        declared = {word.split("=", 1)[0] for line in lines for word in line.split()}
+        declared = {name for name, _ in _args(self._steps(dockerfile))}
         offered = {"PKGS": self.pkgs, "IMAGES": self.images, **extra}
         return {name: value for name, value in offered.items() if name in declared}
 
     def default_arg(self, dockerfile: str, name: str) -> str:
         """The default of `ARG name=...` in a Dockerfile: pins live there, once."""
-        text = Path(self.dockerfile(dockerfile)).read_text()
-        match = re.search(rf"^ARG (?:.* )?{name}=(\S*)", text, re.M)
-        if not match:
+        default = next((value for declared, value in _args(self._steps(dockerfile))
+                        if declared == name and value is not None), None)
+        if default is None:
             raise ConfigError(f"{dockerfile}.Dockerfile has no default for {name}", f"add `ARG {name}=...` to it")
-        return match[1]
+        return default
+
+    def one_container_build(self, dockerfile: str, buildargs: dict[str, str]) -> OneContainerBuild | None:
+        """`dockerfile` as one container can run it, when it is one stage of ARG steps, one
+        `COPY . /DEST` and RUN steps (shell form); None when it needs docker build."""
+        steps = self._steps(dockerfile)
+        start = next((i for i, (instruction, _) in enumerate(steps) if instruction != "ARG"), len(steps))
+        if start == len(steps) or steps[start][0] != "FROM":
+            return None
+        image = _substituted(steps[start][1], _values(_args(steps[:start]), buildargs))
+        environment: dict[str, str] = {}
+        context_to: str | None = None
+        runs: list[str] = []
+        for instruction, value in steps[start + 1:]:
+            words = value.split()
+            if instruction == "ARG" and not runs:
+                environment.update(_values(_args([(instruction, value)]), buildargs))
+            elif instruction == "COPY" and context_to is None and not runs and len(words) == 2 \
+                    and words[0] == "." and words[1].startswith("/"):
+                context_to = words[1]
+            elif instruction == "RUN" and not value.lstrip().startswith("["):
+                runs.append(value)
+            else:
+                return None
+        if image is None or context_to is None or not runs:
+            return None
+        return OneContainerBuild(image, context_to, environment, runs)
+
+    def _steps(self, dockerfile: str) -> list[tuple[str, str]]:
+        """The instructions of `dockerfile` (continued lines joined, comments left out)."""
+        from dockerfile_parse import DockerfileParser
+
+        parsed = DockerfileParser(self.dockerfile(dockerfile), env_replace=False).structure
+        return [(step["instruction"], step["value"]) for step in parsed if step["instruction"] != "COMMENT"]
 
     @cached_property
     def context_files(self) -> list[str]:
@@ -86,6 +119,40 @@ class Project:
         except (ToolMissing, CommandFailed):
             return date
         return f"{date}-{commit}"
+
+
+@dataclass(frozen=True)
+class OneContainerBuild:
+    """A Dockerfile that one container can run: the classic builder would make a container
+    and an image for each of its steps; ci.build makes one container, and no image."""
+
+    image: str  # FROM, with the build arguments in it
+    context_to: str  # where `COPY .` puts the build context
+    environment: dict[str, str]  # the stage's ARGs, as its RUN steps see them
+    runs: list[str]  # the RUN steps, in order, each for /bin/sh -c
+
+
+def _args(steps: list[tuple[str, str]]) -> list[tuple[str, str | None]]:
+    """(name, default or None) of each ARG in `steps`: `ARG A=1 B` declares two."""
+    declared = []
+    for instruction, value in steps:
+        if instruction == "ARG":
+            for word in shlex.split(value):
+                name, equals, default = word.partition("=")
+                declared.append((name, default if equals else None))
+    return declared
+
+
+def _values(declared: list[tuple[str, str | None]], buildargs: dict[str, str]) -> dict[str, str]:
+    """The value of each declared ARG: the build argument, else its default; unset without either."""
+    values = {name: buildargs.get(name, default) for name, default in declared}
+    return {name: value for name, value in values.items() if value is not None}
+
+
+def _substituted(value: str, arguments: dict[str, str]) -> str | None:
+    """FROM's image with $NAME and ${NAME} replaced; None for flags, AS, or anything unresolved."""
+    image = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: arguments.get(m[1] or m[2], "$"), value.strip())
+    return None if not image or "$" in image or image.startswith("--") or " " in image else image
 
 
 def _digest(root: Path, files: Iterable[str], extra: Iterable[str]) -> str:

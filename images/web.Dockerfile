@@ -1,7 +1,11 @@
 # The builder of the web image: it builds the image's Nix expression on top
 # of the cache image. Running it writes the image to stdout (the expression
 # uses a streaming dockerTools builder), which `invoke build-web` pipes into
-# the engine's image load, then it removes this builder image.
+# the engine's image load. As long as this file is ARG steps, `COPY .` and
+# RUN steps (shell form) on one FROM, build-web runs it without docker build:
+# one container of the cache image gets the context where COPY puts it, runs
+# the RUN steps with the ARGs in its environment, then /result. Any other
+# step, and build-web builds this file with docker build, as by hand.
 #
 # By hand:
 #   docker build -f images/web.Dockerfile --build-arg CACHE_IMAGE=nix-cache -t web-builder .

@@ -8,6 +8,7 @@ need it are skipped with the reason.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 
 import docker
@@ -70,6 +71,17 @@ def web_image(engine, cache_image):
     outcome = invoke("build-web")
     assert outcome.code == 0, outcome.stderr[-3000:]
     return engine.images.get("web:latest")
+
+
+# build-web's log line once Nix has built the image's stream script (its store path), which
+# the toolkit runs right after: from there on, the image streams into the engine.
+STREAM_BUILT = re.compile(r"^/nix/store/\w{32}-stream-\S+$", re.M)
+
+
+def served_page(engine, tag: str) -> str:
+    """The page inside the image `tag`, read from its files, as the server would serve it."""
+    return engine.containers.run(tag, ["/bin/busybox", "sh", "-c", "cat /nix/store/*-webroot/index.html"],
+                                 remove=True, user="101:101").decode()
 
 
 def our_containers(client) -> list:

@@ -14,7 +14,7 @@ import pytest
 from ci.project import Project
 from tests.conftest import ROOT, assert_one_line_error, invoke
 from tests.integration import registries
-from tests.integration.conftest import dangling_images
+from tests.integration.conftest import dangling_images, project_copy
 
 PINNED_BUILDER = Project(ROOT, "nix/nixpkgs", "nix/images.nix").default_arg("nix-base", "BUILDER_IMAGE")
 
@@ -70,6 +70,19 @@ def test_nix_failure_shows_the_log_tail_and_leaves_nothing(engine, web_image, im
     assert_one_line_error(outcome, *phrases)
     assert in_log in outcome.stderr  # the tail of the Nix log is shown
     assert state(engine) == before  # latest not moved, no container or image left
+
+
+def test_a_failing_run_step_shows_its_output_and_leaves_nothing(engine, web_image, tmp_path):
+    env = project_copy(tmp_path)
+    dockerfile = tmp_path / "images" / "web.Dockerfile"
+    failing = "RUN echo the step fails on purpose >&2 && false && cd /src"
+    dockerfile.write_text(dockerfile.read_text().replace("RUN cd /src", failing))
+    before = state(engine)
+    outcome = invoke("build-web", env=env)
+    assert_one_line_error(outcome, "web.Dockerfile's RUN steps, then /result exited 1 before writing the image",
+                          "the end of its output is above")
+    assert "the step fails on purpose" in outcome.stderr
+    assert state(engine) == before
 
 
 def test_registry_that_does_not_answer(web_image):

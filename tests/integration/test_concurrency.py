@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from tests.conftest import FIXTURE_CONFIG, ROOT, Outcome
-from tests.integration.conftest import project_copy
+from tests.integration.conftest import project_copy, served_page
 
 
 def invoke_in(args: list[str], env: dict[str, str]) -> Outcome:
@@ -34,12 +34,6 @@ def build_at_once(numbers: range, tmp_path) -> dict[int, str]:
     for n, outcome in outcomes.items():
         assert outcome.code == 0, (n, outcome.stderr[-2000:])
     return {n: outcome.stdout.split()[0] for n, outcome in outcomes.items()}
-
-
-def served_page(engine, tag: str) -> str:
-    """The page inside the image `tag`, read from its files, as the server would serve it."""
-    return engine.containers.run(tag, ["/bin/busybox", "sh", "-c", "cat /nix/store/*-webroot/index.html"],
-                                 remove=True, user="101:101").decode()
 
 
 @pytest.fixture(scope="module")

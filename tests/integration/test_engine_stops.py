@@ -26,7 +26,7 @@ import docker
 import pytest
 
 from tests.conftest import Outcome, invoke
-from tests.integration.conftest import project_copy, unavailable
+from tests.integration.conftest import STREAM_BUILT, project_copy, unavailable
 from tests.integration.test_faults import Running, private_tmpdir
 
 BENCH = "tests/fixtures/bench/images.nix"  # about 30 store paths: Nix builds for seconds, the stream carries 60 MB
@@ -193,14 +193,13 @@ def build_env(directory: Path, second: PrivateEngine, page: str, *, bench: bool 
 
 
 def stop_during(second: PrivateEngine, phase: str, env: dict[str, str]) -> Outcome:
-    """build-web, and the engine stopped under it: while Nix builds in the builder's RUN step, or
-    while the stream container writes the image that the toolkit loads."""
+    """build-web, and the engine stopped under it: while Nix builds in the build container, or
+    while that container writes the image that the toolkit loads."""
     build = Running("build-web", env=env)
     if phase == "nix-build":
         build.wait_for(lambda: build.log.count("building '/nix/store/") >= 5, "Nix building")
     else:
-        build.wait_for(lambda: second.client.api.containers(filters={"name": "nix-ci-stream-", "status": "running"}),
-                       "the stream container running")
+        build.wait_for(lambda: STREAM_BUILT.search(build.log), "the stream")
     stopped = time.monotonic()
     stopping = threading.Thread(target=second.stop)
     stopping.start()

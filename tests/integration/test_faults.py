@@ -32,7 +32,7 @@ from ci import skopeo
 from ci.edge import report_errors
 from tests.conftest import FIXTURE_CONFIG, ROOT, Outcome, assert_one_line_error, invoke
 from tests.integration import registries
-from tests.integration.conftest import project_copy, unavailable
+from tests.integration.conftest import STREAM_BUILT, project_copy, unavailable
 
 NAME = f"faulttest-web-{uuid.uuid4().hex[:8]}"  # this run's own: other runs of these tests may share the engine
 BENCH = "tests/fixtures/bench/images.nix"
@@ -306,10 +306,10 @@ def test_ctrl_c_during_build_web_leaves_nothing(engine, cache_image, tmp_path, p
     before = engine_state(engine)
 
     build = Running("build-web", env=env, own_group=to_group)
-    if phase == "nix-build":  # in the builder's RUN step: a container of the classic builder runs Nix
+    if phase == "nix-build":  # web.Dockerfile's RUN step: Nix builds in the build container
         build.wait_for(lambda: "building '/nix/store/" in build.log, "Nix building")
-    else:  # the builder is built; a container streams the image into the engine
-        build.wait_for(lambda: "running /result in a container of" in build.log, "the stream")
+    else:  # the same container runs the stream script, which the toolkit loads into the engine
+        build.wait_for(lambda: STREAM_BUILT.search(build.log), "the stream")
     build.interrupt(to_group)
     check_interrupted(build, time.monotonic())
 

@@ -5,13 +5,16 @@ engine and the registry."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
 import requests
 
 from tests.conftest import invoke
+from tests.integration.conftest import dangling_images, our_containers, project_copy, served_page
 
 PAGE = (Path(__file__).resolve().parent.parent / "fixtures" / "web" / "index.html").read_text()
 
@@ -34,6 +37,40 @@ def test_load_flow_image_serves_the_page_as_an_unprivileged_user(engine, web_ima
     response = serve_and_fetch(19000)
     assert response.status_code == 200
     assert response.text == PAGE
+
+
+def test_the_shipped_web_dockerfile_builds_in_one_container_and_makes_no_other_image(engine, web_image, tmp_path):
+    page = f"<p>built in one container {uuid.uuid4()}</p>\n"
+    images_before = {image.id for image in engine.images.list(all=True)}
+    try:
+        outcome = invoke("build-web", env=project_copy(tmp_path, page))
+        assert outcome.code == 0, outcome.stderr[-3000:]
+        assert "running web.Dockerfile's RUN steps, then /result in a container of" in outcome.stderr
+        assert "Step " not in outcome.stderr  # no docker build
+        assert re.search(r"building '/nix/store/\w{32}-webroot\.drv'", outcome.stderr)  # the Nix build's log, as it came
+        identity, built = outcome.stdout.split()[:2]
+        assert {image.id for image in engine.images.list(all=True)} - images_before == {built}
+        assert served_page(engine, identity) == page
+        assert not our_containers(engine)
+    finally:
+        assert invoke("build-web").code == 0  # web:latest back to the repository's page
+
+
+def test_a_web_dockerfile_with_other_steps_is_built_by_docker_build(engine, web_image, tmp_path):
+    page = f"<p>built by docker build {uuid.uuid4()}</p>\n"
+    env = project_copy(tmp_path, page)
+    dockerfile = tmp_path / "images" / "web.Dockerfile"
+    dockerfile.write_text(dockerfile.read_text().replace("COPY . /src", "ENV NIX_CI_TEST=1\nCOPY . /src"))
+    dangling_before = dangling_images(engine)
+    try:
+        outcome = invoke("build-web", env=env)
+        assert outcome.code == 0, outcome.stderr[-3000:]
+        assert re.search(r"Step \d/\d : ENV NIX_CI_TEST=1", outcome.stderr)
+        assert served_page(engine, outcome.stdout.split()[0]) == page
+        assert not our_containers(engine)
+        assert dangling_images(engine) == dangling_before  # the builder and its steps are gone
+    finally:
+        assert invoke("build-web").code == 0
 
 
 def test_run_web_process_runs_as_uid_101(engine, web_image):
