@@ -16,12 +16,12 @@ Situations: cold (no cache image), warm after a one-line page change, no-op
 (nothing changed), and push after a one-line page change. Each runs several
 times; the table shows medians and the ratios seed/toolkit. Bytes pushed are
 measured as the growth of the registry's blob store, for both flows. The
-toolkit's own CPU time (user + system of the invoke process and the few
-programs it waits for itself, such as git; not the engine's nor Nix's, which
-run in the engine's containers) is what the toolkit adds over the commands it
-runs; the table also shows how much of it is not Python's and invoke's own
-start-up (`invoke --version`), which any invoke task pays. Python runs as users run it, caching bytecode, even where the
-environment sets PYTHONDONTWRITEBYTECODE.
+toolkit's own CPU time (user + system of the invoke process, all its threads;
+not the commands it runs: git, skopeo, nor the engine and Nix, which work in
+the engine's containers) is what the toolkit adds over the commands it runs;
+the table also shows how much of it is not Python's and invoke's own start-up
+(`invoke --version`), which any invoke task pays. Python runs as users run
+it, caching bytecode, even where the environment sets PYTHONDONTWRITEBYTECODE.
 
     python3 bench/bench.py [--runs 5] [--cold-runs 3] [--markdown bench/results.md]
 
@@ -39,6 +39,7 @@ import os
 import platform
 import re
 import resource
+import shlex
 import shutil
 import socket
 import statistics
@@ -64,7 +65,7 @@ console = Console(stderr=True)
 @dataclass
 class Sample:
     seconds: float
-    cpu: float = 0.0  # user + system time of the processes the benchmark started (and they waited for)
+    cpu: float = 0.0  # the toolkit's: user + system time of the invoke process itself
     derivations: int = 0
     bytes_pushed: int = 0  # growth of the registry's blob store: layers, config and manifest
     layer_bytes_pushed: int = 0  # of which layer blobs
@@ -165,7 +166,17 @@ class Toolkit:
         }
 
     def invoke(self, *args: str) -> tuple[float, float, str]:
-        return timed(" ".join([sys.executable, "-m", "invoke", *args]), cwd=ROOT, env=self.env)
+        """Wall time, the invoke process's own CPU time, output."""
+        with tempfile.NamedTemporaryFile("r") as cpu:
+            seconds, _, output = timed(shlex.join([sys.executable, "-c", OWN_CPU, cpu.name, *args]), cwd=ROOT, env=self.env)
+            return seconds, float(cpu.read()), output
+
+
+# `python -m invoke ARGS`, which then writes its own CPU time (every thread's; not its
+# children's) to the file named first.
+OWN_CPU = ("import atexit, resource, runpy, sys; out = sys.argv.pop(1); sys.argv[0] = 'invoke'; "
+           "atexit.register(lambda: open(out, 'w').write(str(sum(resource.getrusage(resource.RUSAGE_SELF)[:2])))); "
+           "runpy.run_module('invoke', run_name='__main__', alter_sys=True)")
 
 
 @contextlib.contextmanager
@@ -302,11 +313,8 @@ def report(situations: dict[str, Situation], start_up: float, markdown: Path | N
             pushed, layers, changed = (
                 f"{median(situation.seed, a):,.0f} / {median(situation.toolkit, a):,.0f}"
                 for a in ("bytes_pushed", "layer_bytes_pushed", "changed_layers_bytes"))
-        # A push's CPU time includes skopeo's, which does the copying: not the toolkit's own.
-        own_cpu = past_start = "-"
-        if situation.name != "push":
-            cpu = median(situation.toolkit, "cpu")
-            own_cpu, past_start = f"{cpu:.2f}", f"{cpu - start_up:.2f}"
+        cpu = median(situation.toolkit, "cpu")
+        own_cpu, past_start = f"{cpu:.2f}", f"{cpu - start_up:.2f}"
         rows.append([situation.name, str(len(situation.toolkit)), f"{seed_s:.2f}", f"{tool_s:.2f}",
                      f"{seed_s / tool_s:.1f}x", own_cpu, past_start,
                      f"{median(situation.seed, 'derivations'):.0f} / {median(situation.toolkit, 'derivations'):.0f}",
