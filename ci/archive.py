@@ -3,12 +3,16 @@
 `docker load` first writes the whole archive to disk, then skips the layers
 whose chain it already has. When a one-line change leaves 29 of 30 layers
 as they were, that is 60 MB written for a few kB of news. The toolkit reads
-the stream itself, keeps what it must (in memory, spilling to disk past
-SPOOL bytes), and hands the engine an archive without the layers it has.
-The streaming dockerTools builders write the config and manifest after the
-layers, but name each layer file after its digest (<diff id>/layer.tar): a
-layer whose chain the engine has is skipped as it streams by, never copied.
-The config read at the end confirms each skip.
+the stream itself and hands the engine an archive without the layers it has.
+
+dockerTools' stream script names each layer file after its digest
+(<diff id>/layer.tar), so a layer whose chain the engine has is skipped as
+it streams by, never copied. `Forwarding` passes the rest on as it comes,
+holding back only the manifest (the engine loads nothing without it) until
+the end of the stream has confirmed each skip and the caller has accepted
+the image. `slim` reads archives whose layer names say nothing (an engine's
+own `docker save`) whole, keeping them in memory (spilling to disk past
+SPOOL bytes), and decides at the end.
 """
 
 from __future__ import annotations
@@ -119,6 +123,83 @@ class _NamedChains:
         return not self._broken
 
 
+class Forwarding:
+    """The docker-archive read from `chunks`, as an iterator of the archive to load: without
+    the layers named after a chain in `known_chains`, its image tagged `tags`.
+
+    Everything but the manifest passes on as it comes, a block at a time.
+    At the end of the stream, once every skip is confirmed by the config,
+    `ready` gets the tags the archive named (Forwarding.named); the manifest
+    goes last, only if it returned: an archive cut short anywhere before
+    holds nothing the engine can load. Whatever stopped the iteration is
+    kept in `error` (an HTTP client may wrap it).
+    """
+
+    def __init__(self, chunks: Iterable[bytes], known_chains: set[str], *, tags: list[str],
+                 ready: Callable[[list[str]], object]) -> None:
+        self._chunks, self._known, self._tags, self._ready = chunks, known_chains, tags, ready
+        self.named: list[str] = []
+        self.bytes_kept = self.bytes_dropped = self.layers_dropped = 0
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> Iterator[bytes]:
+        try:
+            yield from self._forwarded()
+        except (tarfile.TarError, EOFError) as exc:
+            self.error = BuildFailed(f"the image stream is not a complete docker-archive ({exc})")
+            raise self.error from None
+        except BaseException as exc:
+            self.error = exc
+            raise
+
+    def _forwarded(self) -> Iterator[bytes]:
+        held: dict[str, IO[bytes]] = {}  # the archive's own files (manifest, configs): read at the end
+        skipped: set[str] = set()
+        named_chains = _NamedChains(self._known)
+        with tar_stream(self._chunks) as archive:
+            for member in archive:
+                if member.isfile() and named_chains.known(member.name):
+                    skipped.add(member.name)
+                    self.bytes_dropped += member.size
+                    self.layers_dropped += 1
+                    continue
+                data = archive.extractfile(member) if member.isfile() else None
+                if data is not None and "/" not in member.name and member.size <= HELD:
+                    data = held[member.name] = io.BytesIO(data.read())
+                if member.name != "manifest.json":
+                    self.bytes_kept += member.size
+                    yield from _entry(member, data)
+                if member.name in held:
+                    held[member.name].seek(0)
+        members = [(tarfile.TarInfo(name), data) for name, data in held.items()]
+        self.named = _repo_tags(members)
+        droppable = _droppable(members, self._known)
+        if not skipped <= droppable:
+            raise BuildFailed(f"the image stream names layer {min(skipped - droppable)} after a digest it does not have")
+        self._ready(self.named)
+        manifest = json.loads(_read(held, "manifest.json"))
+        for entry in manifest:
+            entry["RepoTags"] = self._tags
+        content = json.dumps(manifest).encode()
+        info = tarfile.TarInfo("manifest.json")
+        info.size, info.mode, info.mtime = len(content), 0o644, 1
+        yield from _entry(info, io.BytesIO(content))
+        yield bytes(2 * tarfile.BLOCKSIZE)  # the end of the archive
+
+
+# The files at the top of an archive (manifest, configs) up to this size are kept as they pass.
+HELD = 1 << 20
+
+
+def _entry(member: tarfile.TarInfo, data: IO[bytes] | None) -> Iterator[bytes]:
+    """One member of a tar archive: its header, its data a block at a time, the padding."""
+    yield member.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    if data is not None:
+        while block := data.read(BLOCK):
+            yield block
+        yield bytes(-member.size % tarfile.BLOCKSIZE)
+
+
 def _droppable(members: list[tuple[tarfile.TarInfo, IO[bytes] | None]], known_chains: set[str]) -> set[str]:
     """The layer files of the archive whose chain the engine has."""
     files = {member.name: data for member, data in members if data is not None}
@@ -186,7 +267,7 @@ def _edited(members: list[tuple[tarfile.TarInfo, IO[bytes] | None]], edit: Calla
 
 def _without(members: list[tuple[tarfile.TarInfo, IO[bytes] | None]], droppable: set[str]) -> Slimmed:
     result = Slimmed(tempfile.SpooledTemporaryFile(max_size=SPOOL), 0, 0, 0)  # noqa: SIM115 - the caller closes it
-    with tarfile.open(fileobj=result.data, mode="w|", format=tarfile.PAX_FORMAT) as out:
+    with tarfile.open(fileobj=result.data, mode="w|", format=tarfile.PAX_FORMAT, bufsize=BLOCK, copybufsize=BLOCK) as out:
         for member, data in members:
             if member.name in droppable:
                 result.bytes_dropped += member.size

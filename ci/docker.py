@@ -422,25 +422,28 @@ def stream_into_load(image: str, command: list[str], *, known_chains: set[str], 
                 raise ToolkitError(f"cannot copy the build context into a container of {image[:19]}")
             output = _Counted(channel.open(container))
             stderr = _Stderr(container)
+
+            def ready(named: list[str]) -> None:  # the stream has ended; the engine has all but the manifest
+                status = channel.wait(container)
+                if status != 0:
+                    raise stderr.failure(f"{describe} exited {status} while writing the image, "
+                                         f"in a container of {image[7:19]}")
+                accept(named)
+
+            forwarding = archive.Forwarding(output, known_chains, tags=[tag], ready=ready)
             try:
-                slimmed = archive.slim(output, known_chains, tags=[tag])
-            except BuildFailed:  # not a whole archive: when the command stopped writing, say why it did
-                status = channel.wait(container, timeout=STOP_WAIT) if output.ended else None
-                if status:
-                    raise stderr.failure(f"{describe} exited {status} {'while' if output.count else 'before'} "
-                                         f"writing the image, in a container of {image[7:19]}") from None
-                raise
-            except BaseException:  # Ctrl-C, a broken stream: nobody reads its output any more, never wait for it
-                _quietly(lambda: api.kill(container))
-                raise
-            status = channel.wait(container)
-            if status != 0:
-                raise stderr.failure(f"{describe} exited {status} while writing the image, in a container of {image[7:19]}")
-            with slimmed:
-                accept(slimmed.named)
-                log.info("loading %.1f MB into the engine; %d layers (%.1f MB) it has already are left out",
-                         slimmed.bytes_kept / 1e6, slimmed.layers_dropped, slimmed.bytes_dropped / 1e6)
-                _load(slimmed.chunks())
+                _load(forwarding)
+            except BaseException as exc:  # the load is cut short; the engine has no manifest, so no image
+                failure = forwarding.error or exc
+                if isinstance(failure, BuildFailed) and output.ended:  # the command stopped writing: why?
+                    status = channel.wait(container, timeout=STOP_WAIT)
+                    if status:
+                        raise stderr.failure(f"{describe} exited {status} {'while' if output.count else 'before'} "
+                                             f"writing the image, in a container of {image[7:19]}") from None
+                _quietly(lambda: api.kill(container))  # nobody reads its output any more: never wait for it
+                raise failure from None
+            log.info("loaded %.1f MB into the engine; %d layers (%.1f MB) it has already were left out",
+                     forwarding.bytes_kept / 1e6, forwarding.layers_dropped, forwarding.bytes_dropped / 1e6)
             return require_image(tag, "docker load reported success but the image is missing")
         except docker.errors.APIError as exc:
             raise _api_error(exc, "loading the image into Docker failed") from None

@@ -85,6 +85,15 @@ def test_a_failing_run_step_shows_its_output_and_leaves_nothing(engine, web_imag
     assert state(engine) == before
 
 
+def test_an_images_file_naming_another_image_is_refused_and_nothing_is_loaded(engine, web_image):
+    before = state(engine)
+    outcome = invoke("build-web", env={"INVOKE_WEB_NAME": "othertest"})
+    assert_one_line_error(outcome, "the images file built web:", "not an image named othertest",
+                          'set name = "othertest" in the images file')
+    assert state(engine) == before  # the archive went to the engine without its manifest: no image
+    assert not engine.images.list("othertest")
+
+
 def test_registry_that_does_not_answer(web_image):
     port = registries.free_port()
     outcome = invoke("push", "web", "--to", f"docker://127.0.0.1:{port}/web:1")

@@ -123,3 +123,75 @@ def test_normalise_tags_too():
     manifest, config = manifest_and_config(fixed)
     assert manifest[0]["RepoTags"] == ["web:id-abc"]
     assert config["created"] == "1970-01-01T00:00:01Z"
+
+
+# --- forwarding: the archive passed on as it streams, its manifest last -------------------
+
+
+def forward(data: bytes, known: set[str], ready=lambda named: None) -> tuple[archive.Forwarding, list[bytes]]:
+    forwarding = archive.Forwarding(chunked(data, 1 << 16), known, tags=["web:id-abc"], ready=ready)
+    return forwarding, list(forwarding)
+
+
+def members(blocks: list[bytes]) -> dict[str, bytes]:
+    with tarfile.open(fileobj=io.BytesIO(b"".join(blocks))) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+def test_forwarding_leaves_out_known_layers_and_sends_the_manifest_last_with_the_tags():
+    layers = [b"base" * 1000, b"lib" * 1000, b"page"]
+    known = set(archive.chain_ids([f"sha256:{hashlib.sha256(layer).hexdigest()}" for layer in layers[:2]]))
+    names_ = digest_names(layers)
+    forwarding, blocks = forward(make_archive(layers, names=names_), known)
+    sent = members(blocks)
+    assert list(sent) == [names_[2], "config.json", "manifest.json"]
+    assert sent[names_[2]] == b"page"
+    assert json.loads(sent["manifest.json"])[0]["RepoTags"] == ["web:id-abc"]
+    assert forwarding.named == ["web:test"]
+    assert (forwarding.layers_dropped, forwarding.bytes_dropped) == (2, 7000)
+
+
+def test_forwarding_passes_a_large_layer_on_a_block_at_a_time():
+    layers = [bytes(range(256)) * 160_000]  # 40 MB the engine lacks
+    data = make_archive(layers, names=digest_names(layers))
+    tracemalloc.start()
+    try:
+        forwarding = archive.Forwarding(chunked(data, 1 << 20), set(), tags=["web:x"], ready=lambda named: None)
+        sent = sum(len(block) for block in forwarding)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert sent > len(layers[0])
+    assert peak < 16 << 20, peak  # some 1 MB buffers in flight, never the layer
+
+
+def test_forwarding_sends_no_manifest_when_ready_refuses():
+    def refuse(named):
+        raise BuildFailed(f"the images file built {named[0]}")
+
+    forwarding = archive.Forwarding(chunked(make_archive([b"layer"])), set(), tags=["web:x"], ready=refuse)
+    blocks = []
+    with pytest.raises(BuildFailed, match="built web:test"):
+        for block in forwarding:
+            blocks.append(block)
+    assert b"manifest.json" not in b"".join(blocks)
+    assert isinstance(forwarding.error, BuildFailed)
+
+
+@pytest.mark.parametrize("cut", [0, 700, 50_000])
+def test_forwarding_a_stream_cut_short_is_refused_before_the_manifest(cut):
+    data = make_archive([b"x" * 100_000])
+    ready = []
+    forwarding = archive.Forwarding(chunked(data[:cut]), set(), tags=["web:x"], ready=ready.append)
+    with pytest.raises(BuildFailed, match="not a complete docker-archive|has no manifest.json"):
+        list(forwarding)
+    assert ready == []
+
+
+def test_forwarding_refuses_a_layer_named_after_a_digest_it_does_not_have():
+    layers, lying = [b"what the engine has", b"page"], [b"something else", b"page"]
+    known = set(archive.chain_ids([f"sha256:{hashlib.sha256(layers[0]).hexdigest()}"]))
+    forwarding = archive.Forwarding(chunked(make_archive(lying, names=digest_names(layers))), known,
+                                    tags=["web:x"], ready=lambda named: pytest.fail("ready called"))
+    with pytest.raises(BuildFailed, match="after a digest it does not have"):
+        list(forwarding)
