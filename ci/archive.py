@@ -21,6 +21,7 @@ import hashlib
 import io
 import json
 import re
+import sys
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -142,7 +143,7 @@ class Forwarding:
         self.bytes_kept = self.bytes_dropped = self.layers_dropped = 0
         self.error: BaseException | None = None
 
-    def __iter__(self) -> Iterator[bytes]:
+    def __iter__(self) -> Iterator[bytes | memoryview]:
         try:
             yield from self._forwarded()
         except (tarfile.TarError, EOFError) as exc:
@@ -152,25 +153,31 @@ class Forwarding:
             self.error = exc
             raise
 
-    def _forwarded(self) -> Iterator[bytes]:
+    def _forwarded(self) -> Iterator[bytes | memoryview]:
         held: dict[str, IO[bytes]] = {}  # the archive's own files (manifest, configs): read at the end
         skipped: set[str] = set()
         named_chains = _NamedChains(self._known)
-        with tar_stream(self._chunks) as archive:
+        stream = _ForwardOnly(self._chunks)
+        # tarfile reads the headers and seeks over the data, which the stream drops unread.
+        with tarfile.open(fileobj=stream, mode="r:") as archive:
             for member in archive:
                 if member.isfile() and named_chains.known(member.name):
                     skipped.add(member.name)
                     self.bytes_dropped += member.size
                     self.layers_dropped += 1
                     continue
-                data = archive.extractfile(member) if member.isfile() else None
-                if data is not None and "/" not in member.name and member.size <= HELD:
-                    data = held[member.name] = io.BytesIO(data.read())
-                if member.name != "manifest.json":
-                    self.bytes_kept += member.size
-                    yield from _entry(member, data)
+                if member.isfile() and "/" not in member.name and member.size <= HELD:
+                    held[member.name] = io.BytesIO(stream.read(member.size))
+                if member.name == "manifest.json":
+                    continue
+                self.bytes_kept += member.size
+                yield member.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
                 if member.name in held:
-                    held[member.name].seek(0)
+                    yield held[member.name].getvalue()
+                elif member.isfile():
+                    yield from stream.pieces(member.size)
+                if member.isfile():
+                    yield _padding(member.size)
         members = [(tarfile.TarInfo(name), data) for name, data in held.items()]
         self.named = _repo_tags(members)
         droppable = _droppable(members, self._known)
@@ -183,7 +190,7 @@ class Forwarding:
         content = json.dumps(manifest).encode()
         info = tarfile.TarInfo("manifest.json")
         info.size, info.mode, info.mtime = len(content), 0o644, 1
-        yield from _entry(info, io.BytesIO(content))
+        yield info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape") + content + _padding(len(content))
         yield bytes(2 * tarfile.BLOCKSIZE)  # the end of the archive
 
 
@@ -191,13 +198,47 @@ class Forwarding:
 HELD = 1 << 20
 
 
-def _entry(member: tarfile.TarInfo, data: IO[bytes] | None) -> Iterator[bytes]:
-    """One member of a tar archive: its header, its data a block at a time, the padding."""
-    yield member.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
-    if data is not None:
-        while block := data.read(BLOCK):
-            yield block
-        yield bytes(-member.size % tarfile.BLOCKSIZE)
+def _padding(size: int) -> bytes:
+    """What follows `size` bytes of data in a tar archive, up to the next 512-byte block."""
+    return bytes(-size % tarfile.BLOCKSIZE)
+
+
+class _ForwardOnly:
+    """A file over an iterator of byte chunks that only goes forward: enough for tarfile's
+    "r:" mode, which reads headers and seeks over data. What is sought over is dropped, and
+    `pieces` hands data on as views of the chunks: neither copies a byte."""
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._chunks = iter(chunks)
+        self._pending = memoryview(b"")
+        self._position = 0
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, position: int, whence: int = io.SEEK_SET) -> int:
+        if whence != io.SEEK_SET or position < self._position:
+            raise io.UnsupportedOperation("this stream only goes forward")
+        for _ in self.pieces(position - self._position):
+            pass
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        return b"".join(self.pieces(size if size >= 0 else sys.maxsize))
+
+    def pieces(self, size: int) -> Iterator[memoryview]:
+        """The next `size` bytes (fewer at the end of the stream), as views of the chunks."""
+        while size > 0:
+            if not self._pending:
+                chunk = next(self._chunks, None)
+                if chunk is None:
+                    return
+                self._pending = memoryview(chunk)
+            piece = self._pending[:size]
+            self._pending = self._pending[len(piece):]
+            self._position += len(piece)
+            size -= len(piece)
+            yield piece
 
 
 def _droppable(members: list[tuple[tarfile.TarInfo, IO[bytes] | None]], known_chains: set[str]) -> set[str]:
