@@ -20,7 +20,9 @@ toolkit's own CPU time (user + system of the invoke process, all its threads;
 not the commands it runs: git, skopeo, nor the engine and Nix, which work in
 the engine's containers) is what the toolkit adds over the commands it runs;
 the table also shows how much of it is not Python's and invoke's own start-up
-(`invoke --version`), which any invoke task pays. Python runs as users run
+(`invoke --version`), which any invoke task pays, and how much is not that and
+the docker SDK's import (requests, urllib3), which any program on the SDK
+pays: what remains is the toolkit's code and work. Python runs as users run
 it, caching bytecode, even where the environment sets PYTHONDONTWRITEBYTECODE.
 
     python3 bench/bench.py [--runs 5] [--cold-runs 3] [--markdown bench/results.md]
@@ -165,10 +167,11 @@ class Toolkit:
             "INVOKE_BUILDER_FROM_DEBIAN": "1", "INVOKE_BUILDER_BASE": BASE, "INVOKE_BUILDER_CACHE": CACHE,
         }
 
-    def invoke(self, *args: str) -> tuple[float, float, str]:
-        """Wall time, the invoke process's own CPU time, output."""
+    def invoke(self, *args: str, first: str = "") -> tuple[float, float, str]:
+        """Wall time, the invoke process's own CPU time, output; `first` is Python run before invoke."""
         with tempfile.NamedTemporaryFile("r") as cpu:
-            seconds, _, output = timed(shlex.join([sys.executable, "-c", OWN_CPU, cpu.name, *args]), cwd=ROOT, env=self.env)
+            seconds, _, output = timed(shlex.join([sys.executable, "-c", first + OWN_CPU, cpu.name, *args]),
+                                       cwd=ROOT, env=self.env)
             return seconds, float(cpu.read()), output
 
 
@@ -243,7 +246,8 @@ def main() -> None:
         seed = SeedFlow(project, builder)
         situations = {name: Situation(name) for name in ("cold", "warm", "no-op", "push")}
 
-        start_up = statistics.median(toolkit.invoke("--version")[1] for _ in range(9))
+        start_up = StartUp(statistics.median(toolkit.invoke("--version")[1] for _ in range(9)),
+                           statistics.median(toolkit.invoke("--version", first="import docker; ")[1] for _ in range(9)))
         console.print(f"cold: {options.cold_runs} runs of each flow")
         for _ in range(options.cold_runs):
             for flow in ("seed", "toolkit"):
@@ -296,12 +300,20 @@ def median(samples: list[Sample], attribute: str) -> float:
     return statistics.median(getattr(s, attribute) for s in samples)
 
 
-def report(situations: dict[str, Situation], start_up: float, markdown: Path | None) -> None:
+@dataclass
+class StartUp:
+    """CPU time any invoke task pays before its own code runs (`invoke --version`), and with the docker SDK imported."""
+
+    invoke: float
+    with_sdk: float
+
+
+def report(situations: dict[str, Situation], start_up: StartUp, markdown: Path | None) -> None:
     machine = (f"{platform.machine()}, {os.cpu_count()} cores, {_cpu_model()}, Linux {platform.release()}, "
                f"Docker {sh(DOCKER + ' version --format {{.Server.Version}}', cwd=ROOT).strip()}")
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d")
     header = ["situation", "runs", "seed (s)", "toolkit (s)", "seed/toolkit", "toolkit's own CPU per task (s)",
-              "of which past Python and invoke's start-up (s)",
+              "of which past Python and invoke's start-up (s)", "and past the docker SDK's import (s)",
               "derivations built (seed / toolkit)",
               "bytes pushed, all (seed / toolkit)", "layer bytes pushed (seed / toolkit)",
               "changed layers, compressed (seed / toolkit)"]
@@ -314,9 +326,9 @@ def report(situations: dict[str, Situation], start_up: float, markdown: Path | N
                 f"{median(situation.seed, a):,.0f} / {median(situation.toolkit, a):,.0f}"
                 for a in ("bytes_pushed", "layer_bytes_pushed", "changed_layers_bytes"))
         cpu = median(situation.toolkit, "cpu")
-        own_cpu, past_start = f"{cpu:.2f}", f"{cpu - start_up:.2f}"
+        own_cpu, past_start, past_sdk = f"{cpu:.2f}", f"{cpu - start_up.invoke:.2f}", f"{cpu - start_up.with_sdk:.2f}"
         rows.append([situation.name, str(len(situation.toolkit)), f"{seed_s:.2f}", f"{tool_s:.2f}",
-                     f"{seed_s / tool_s:.1f}x", own_cpu, past_start,
+                     f"{seed_s / tool_s:.1f}x", own_cpu, past_start, past_sdk,
                      f"{median(situation.seed, 'derivations'):.0f} / {median(situation.toolkit, 'derivations'):.0f}",
                      pushed, layers, changed])
     table = Table(title=f"Medians, {date}: {machine}")
@@ -327,7 +339,8 @@ def report(situations: dict[str, Situation], start_up: float, markdown: Path | N
     Console().print(table)
     if markdown:
         lines = [f"Medians measured on {date}, {machine}. Python and invoke's start-up "
-                 f"(`invoke --version`): {start_up:.2f} s of CPU.", "",
+                 f"(`invoke --version`): {start_up.invoke:.2f} s of CPU; with the docker SDK imported too: "
+                 f"{start_up.with_sdk:.2f} s.", "",
                  "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         markdown.write_text("\n".join(lines) + "\n")
