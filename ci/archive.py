@@ -90,9 +90,7 @@ def slim(chunks: Iterable[bytes], known_chains: set[str],
         named = _repo_tags(members)
         if edit_config is not None or tags is not None:
             members = _edited(members, edit_config, tags)
-        droppable = _droppable(members, known_chains)
-        if not skipped <= droppable:
-            raise BuildFailed(f"the image stream names layer {min(skipped - droppable)} after a digest it does not have")
+        droppable = _confirmed(skipped, _droppable(members, known_chains))
         slimmed = _without(members, droppable)
         slimmed.named = named
         return slimmed
@@ -128,7 +126,7 @@ class Forwarding:
     """The docker-archive read from `chunks`, as an iterator of the archive to load: without
     the layers named after a chain in `known_chains`, its image tagged `tags`.
 
-    Everything but the manifest passes on as it comes, a block at a time.
+    Everything but the manifest passes on as it comes, uncopied.
     At the end of the stream, once every skip is confirmed by the config,
     `ready` gets the tags the archive named (Forwarding.named); the manifest
     goes last, only if it returned: an archive cut short anywhere before
@@ -180,9 +178,7 @@ class Forwarding:
                     yield _padding(member.size)
         members = [(tarfile.TarInfo(name), data) for name, data in held.items()]
         self.named = _repo_tags(members)
-        droppable = _droppable(members, self._known)
-        if not skipped <= droppable:
-            raise BuildFailed(f"the image stream names layer {min(skipped - droppable)} after a digest it does not have")
+        _confirmed(skipped, _droppable(members, self._known))
         self._ready(self.named)
         manifest = json.loads(_read(held, "manifest.json"))
         for entry in manifest:
@@ -239,6 +235,13 @@ class _ForwardOnly:
             self._position += len(piece)
             size -= len(piece)
             yield piece
+
+
+def _confirmed(skipped: set[str], droppable: set[str]) -> set[str]:
+    """`droppable`, once it holds every layer skipped on the strength of its name."""
+    if not skipped <= droppable:
+        raise BuildFailed(f"the image stream names layer {min(skipped - droppable)} after a digest it does not have")
+    return droppable
 
 
 def _droppable(members: list[tuple[tarfile.TarInfo, IO[bytes] | None]], known_chains: set[str]) -> set[str]:

@@ -171,6 +171,10 @@ def _build_image(project: Project, name: str, dockerfile: str, args: dict[str, s
     return _stream_out(project, name, args, substituter, tag=tag, nocache=nocache)
 
 
+# What the images file's Nix build leaves in the builder: the script that writes the image.
+STREAM = "/result"
+
+
 def _stream_out(project: Project, name: str, args: dict[str, str],
                 substituter: Substituter | None = None, *, tag: str, nocache: bool = False) -> docker.Image:
     """The load flow: Nix builds the image's stream script (web.Dockerfile), whose
@@ -180,7 +184,8 @@ def _stream_out(project: Project, name: str, args: dict[str, str],
     shipped), one container of the cache image runs its RUN steps, then the
     script: no container and image per step, no commit, no second container.
     Otherwise docker build makes the builder image, a container of it runs
-    the script, and the builder is removed.
+    the script, and the builder is removed. (`nocache` matters to docker
+    build only: the one container starts from the cache image as it is.)
     """
     known, accept = docker.known_chains(name), lambda named: _check_named(named, name)
     steps = project.one_container_build("web", project.buildargs("web", **_with_substituter(args, substituter)))
@@ -201,9 +206,6 @@ def _stream_out(project: Project, name: str, args: dict[str, str],
         except BuildFailed as exc:
             raise _nix_failure(exc, "web") from None
 
-
-# What the images file's Nix build leaves in the builder: the script that writes the image.
-STREAM = "/result"
 
 
 def _check_named(named: list[str], name: str) -> None:
