@@ -30,7 +30,8 @@ def test_second_build_with_nothing_changed_builds_nothing(web_image):
     outcome = invoke("build-web")
     assert outcome.code == 0, outcome.stderr
     assert "is up to date" in outcome.stderr
-    assert "Step " not in outcome.stderr and "nix-build" not in outcome.stderr  # no docker build, no Nix
+    assert "Step " not in outcome.stderr and "in a container of" not in outcome.stderr  # no docker build, no container
+    assert not built_derivations(outcome.stderr)  # no Nix
     tags = tags_printed(outcome.stdout)
     assert tags[0].startswith("web:id-") and tags[-1] == "web:latest"
     assert {line.split()[1] for line in outcome.stdout.strip().splitlines()} == {web_image.id}
