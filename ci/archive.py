@@ -11,8 +11,8 @@ it streams by, never copied. `Forwarding` passes the rest on as it comes,
 holding back only the manifest (the engine loads nothing without it) until
 the end of the stream has confirmed each skip and the caller has accepted
 the image. `slim` reads archives whose layer names say nothing (an engine's
-own `docker save`) whole, keeping them in memory (spilling to disk past
-SPOOL bytes), and decides at the end.
+own `docker save`, named by v1 IDs) whole, keeping them in memory (spilling
+to disk past SPOOL bytes), and decides at the end.
 """
 
 from __future__ import annotations
@@ -77,21 +77,14 @@ def slim(chunks: Iterable[bytes], known_chains: set[str],
     under those and no other (the archive's own are in Slimmed.named).
     """
     members: list[tuple[tarfile.TarInfo, IO[bytes] | None]] = []
-    skipped: set[str] = set()
     try:
         with tar_stream(chunks) as archive:
-            named_chains = _NamedChains(known_chains)
             for member in archive:
-                if member.isfile() and named_chains.known(member.name):
-                    skipped.add(member.name)
-                    members.append((member, None))
-                else:
-                    members.append((member, _spool(archive.extractfile(member)) if member.isfile() else None))
+                members.append((member, _spool(archive.extractfile(member)) if member.isfile() else None))
         named = _repo_tags(members)
         if edit_config is not None or tags is not None:
             members = _edited(members, edit_config, tags)
-        droppable = _confirmed(skipped, _droppable(members, known_chains))
-        slimmed = _without(members, droppable)
+        slimmed = _without(members, _droppable(members, known_chains))
         slimmed.named = named
         return slimmed
     except (tarfile.TarError, EOFError) as exc:
@@ -178,7 +171,9 @@ class Forwarding:
                     yield _padding(member.size)
         members = [(tarfile.TarInfo(name), data) for name, data in held.items()]
         self.named = _repo_tags(members)
-        _confirmed(skipped, _droppable(members, self._known))
+        unconfirmed = skipped - _droppable(members, self._known)
+        if unconfirmed:
+            raise BuildFailed(f"the image stream names layer {min(unconfirmed)} after a digest it does not have")
         self._ready(self.named)
         manifest = json.loads(_read(held, "manifest.json"))
         for entry in manifest:
@@ -235,13 +230,6 @@ class _ForwardOnly:
             self._position += len(piece)
             size -= len(piece)
             yield piece
-
-
-def _confirmed(skipped: set[str], droppable: set[str]) -> set[str]:
-    """`droppable`, once it holds every layer skipped on the strength of its name."""
-    if not skipped <= droppable:
-        raise BuildFailed(f"the image stream names layer {min(skipped - droppable)} after a digest it does not have")
-    return droppable
 
 
 def _droppable(members: list[tuple[tarfile.TarInfo, IO[bytes] | None]], known_chains: set[str]) -> set[str]:

@@ -423,11 +423,14 @@ def stream_into_load(image: str, command: list[str], *, known_chains: set[str], 
             output = _Counted(channel.open(container))
             stderr = _Stderr(container)
 
+            def exited(status: int) -> BuildFailed:
+                return stderr.failure(f"{describe} exited {status} {'while' if output.count else 'before'} "
+                                      f"writing the image, in a container of {image[7:19]}")
+
             def ready(named: list[str]) -> None:  # the stream has ended; the engine has all but the manifest
                 status = channel.wait(container)
                 if status != 0:
-                    raise stderr.failure(f"{describe} exited {status} while writing the image, "
-                                         f"in a container of {image[7:19]}")
+                    raise exited(status)
                 accept(named)
 
             forwarding = archive.Forwarding(output, known_chains, tags=[tag], ready=ready)
@@ -438,8 +441,7 @@ def stream_into_load(image: str, command: list[str], *, known_chains: set[str], 
                 if isinstance(failure, BuildFailed) and output.ended:  # the command stopped writing: why?
                     status = channel.wait(container, timeout=STOP_WAIT)
                     if status:
-                        raise stderr.failure(f"{describe} exited {status} {'while' if output.count else 'before'} "
-                                             f"writing the image, in a container of {image[7:19]}") from None
+                        raise exited(status) from None
                 _quietly(lambda: api.kill(container))  # nobody reads its output any more: never wait for it
                 raise failure from None
             log.info("loaded %.1f MB into the engine; %d layers (%.1f MB) it has already were left out",

@@ -10,7 +10,7 @@ import re
 import shlex
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cache, cached_property
 from pathlib import Path
 
 from docker.utils.build import exclude_paths
@@ -86,11 +86,7 @@ class Project:
         return OneContainerBuild(image, context_to, environment, runs)
 
     def _steps(self, dockerfile: str) -> list[tuple[str, str]]:
-        """The instructions of `dockerfile` (continued lines joined, comments left out)."""
-        from dockerfile_parse import DockerfileParser
-
-        parsed = DockerfileParser(self.dockerfile(dockerfile), env_replace=False).structure
-        return [(step["instruction"], step["value"]) for step in parsed if step["instruction"] != "COMMENT"]
+        return _instructions(self.dockerfile(dockerfile))
 
     @cached_property
     def context_files(self) -> list[str]:
@@ -130,6 +126,15 @@ class OneContainerBuild:
     context_to: str  # where `COPY .` puts the build context
     environment: dict[str, str]  # the stage's ARGs, as its RUN steps see them
     runs: list[str]  # the RUN steps, in order, each for /bin/sh -c
+
+
+@cache  # a build reads the same Dockerfile for its identity, its arguments and its steps
+def _instructions(path: str) -> list[tuple[str, str]]:
+    """The instructions of the Dockerfile at `path` (continued lines joined, comments left out)."""
+    from dockerfile_parse import DockerfileParser
+
+    parsed = DockerfileParser(path, env_replace=False).structure
+    return [(step["instruction"], step["value"]) for step in parsed if step["instruction"] != "COMMENT"]
 
 
 def _args(steps: list[tuple[str, str]]) -> list[tuple[str, str | None]]:
