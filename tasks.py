@@ -6,6 +6,7 @@ import contextlib
 import os
 from pathlib import Path
 
+from ci.errors import ConfigError
 from invoke import Collection, task
 
 # Only what build-web needs is imported here; the other tasks import their
@@ -14,7 +15,6 @@ from ci import build, github
 from ci.build import BuilderSettings
 from ci.cache import CacheSettings
 from ci.edge import report_errors, say
-from ci.errors import ConfigError
 from ci.project import Project
 
 HERE = Path(__file__).resolve().parent

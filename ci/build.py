@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from . import cache as cache_images
 from . import docker
 from .cache import CacheSettings
-from .errors import BuildFailed, ConfigError, NetworkUnavailable, ToolkitError
+from .core.errors import BuildFailed, ConfigError, NetworkUnavailable, ToolkitError
 from .project import IDENTITY_PREFIX, Project
 
 # debian, nix, reproducible and transfer are imported where they are used: a

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import archive, docker, nix, oras
-from .errors import BuildFailed, ConfigError, IntegrityError, NetworkUnavailable, RegistryError, naming_full_disk
+from .core.errors import BuildFailed, ConfigError, IntegrityError, NetworkUnavailable, RegistryError, naming_full_disk
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,9 @@ import datetime
 import logging
 from dataclasses import dataclass
 
-from . import credentials, docker
-from .errors import ConfigError, NetworkUnavailable, RegistryError
+from . import docker
+from .core import credentials
+from .core.errors import ConfigError, NetworkUnavailable, RegistryError
 from .project import Project
 
 log = logging.getLogger(__name__)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import fat, iso
-from .errors import ConfigError, ToolkitError
+from .core.errors import ConfigError, ToolkitError
 
 log = logging.getLogger(__name__)
 

@@ -14,8 +14,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import docker, runner
-from .errors import ConfigError
+from . import docker
+from .core import process
+from .core.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ def _make_builder_image(sources: AptSources, repository: str, tag: str, *, tool:
 
 
 def _mmdebstrap(sources: AptSources, tarball: Path) -> None:
-    runner.run(
+    process.run(
         "mmdebstrap",
         [
             "--variant=essential",
@@ -129,14 +130,14 @@ def _mmdebstrap(sources: AptSources, tarball: Path) -> None:
 
 
 def _debootstrap(sources: AptSources, root: Path, tarball: Path) -> None:
-    runner.run(
+    process.run(
         "debootstrap",
         ["--variant=minbase", f"--include={','.join(PACKAGES)}", sources.suite, str(root), sources.mirror()],
         on_line=_progress,
     )
-    runner.run("cp", ["-a", f"{OVERLAY}/.", str(root)])
+    process.run("cp", ["-a", f"{OVERLAY}/.", str(root)])
     (root / "nix" / "var" / "nix").mkdir(parents=True, exist_ok=True)
-    runner.run("tar", ["--numeric-owner", "-C", str(root), "-cf", str(tarball), "."])
+    process.run("tar", ["--numeric-owner", "-C", str(root), "-cf", str(tarball), "."])
 
 
 def _progress(line: str) -> None:

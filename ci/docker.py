@@ -37,8 +37,8 @@ import urllib3.exceptions
 from docker.api.build import process_dockerfile
 
 from . import archive
-from .credentials import Credentials
-from .errors import (
+from .core.credentials import Credentials
+from .core.errors import (
     BuildFailed,
     DockerUnavailable,
     EngineStopped,

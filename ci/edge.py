@@ -19,7 +19,7 @@ from typing import Any, NoReturn, TypeVar
 from invoke.exceptions import Exit
 
 from . import github
-from .errors import NO_SPACE_HINT, DiskFull, ToolkitError
+from .core.errors import NO_SPACE_HINT, DiskFull, ToolkitError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .errors import ConfigError
+from .core.errors import ConfigError
 
 # Environment variables whose values must never be written out.
 SECRET_VARIABLES = ("REGISTRY_PASSWORD", "GITHUB_TOKEN", "ACTIONS_RUNTIME_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_TOKEN")

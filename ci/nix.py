@@ -9,14 +9,15 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from . import docker, runner
-from .errors import BuildFailed, CommandFailed, ConfigError, NetworkUnavailable, ToolkitError
+from . import docker
+from .core import process
+from .core.errors import BuildFailed, CommandFailed, ConfigError, NetworkUnavailable, ToolkitError
 
 
 def parse(path: Path) -> None:
     """`nix-instantiate --parse`: a syntax error becomes a one-line ConfigError."""
     try:
-        runner.run("nix-instantiate", ["--parse", str(path)])
+        process.run("nix-instantiate", ["--parse", str(path)])
     except CommandFailed as exc:
         first = next((line for line in exc.output.splitlines() if line.startswith("error:")), exc.message)
         raise ConfigError(f"{path} does not parse: {first.removeprefix('error: ')}",

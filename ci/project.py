@@ -15,8 +15,8 @@ from pathlib import Path
 
 from docker.utils.build import exclude_paths
 
-from . import runner
-from .errors import CommandFailed, ConfigError, ToolMissing
+from .core import process
+from .core.errors import CommandFailed, ConfigError, ToolMissing
 
 # Tags that carry an image's identity start with this: name:id-<inputs>.
 IDENTITY_PREFIX = "id-"
@@ -111,7 +111,7 @@ class Project:
         """The date, and the commit when the project is a git checkout: 2026-11-25-3f2a1b9c."""
         date = (today or datetime.datetime.now(datetime.UTC).date()).isoformat()
         try:
-            commit = runner.run("git", ["-C", str(self.root), "rev-parse", "--short=8", "HEAD"]).output.strip()
+            commit = process.run("git", ["-C", str(self.root), "rev-parse", "--short=8", "HEAD"]).output.strip()
         except (ToolMissing, CommandFailed):
             return date
         return f"{date}-{commit}"

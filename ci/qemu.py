@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import runner
-from .errors import CommandFailed, ConfigError, ToolkitError
+from .core import process
+from .core.errors import CommandFailed, ConfigError, ToolkitError
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +40,7 @@ class DiskInfo:
 def disk_info(path: Path) -> DiskInfo:
     """Format and sizes of the disk image at `path`; ConfigError when it is not one."""
     try:
-        result = runner.run("qemu-img", ["info", "--output=json", str(path)])
+        result = process.run("qemu-img", ["info", "--output=json", str(path)])
     except CommandFailed as exc:
         raise ConfigError(f"{path} is not a disk image qemu can read: {exc.message.split(': ', 1)[-1]}",
                           "check the path, or build the image again") from None
@@ -50,7 +50,7 @@ def disk_info(path: Path) -> DiskInfo:
 def check_disk(path: Path) -> None:
     """`qemu-img check`: the image's metadata (refcounts, tables) is consistent."""
     try:
-        runner.run("qemu-img", ["check", str(path)])
+        process.run("qemu-img", ["check", str(path)])
     except CommandFailed as exc:
         raise ToolkitError(f"{path} is damaged: {exc.message.split(': ', 1)[-1]}",
                            "build or pull the image again", details=exc.details) from None
@@ -58,7 +58,7 @@ def check_disk(path: Path) -> None:
 
 def create_disk(path: Path, size: str, fmt: str = "qcow2") -> DiskInfo:
     """`qemu-img create`: an empty disk image of `size` (e.g. 64M)."""
-    runner.run("qemu-img", ["create", "-q", "-f", fmt, str(path), size])
+    process.run("qemu-img", ["create", "-q", "-f", fmt, str(path), size])
     return disk_info(path)
 
 
@@ -144,4 +144,4 @@ def vm_command(spec: VmSpec) -> list[str]:
 def run_vm(spec: VmSpec) -> int:
     """Start the VM with its serial console on this terminal; return qemu's exit code once it stops."""
     log.info("starting %s with %s; Ctrl-a x quits", spec.image, "KVM" if spec.accel.kvm else "TCG emulation")
-    return runner.run_attached(QEMU, vm_command(spec))
+    return process.run_attached(QEMU, vm_command(spec))

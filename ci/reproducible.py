@@ -15,7 +15,7 @@ import tarfile
 from dataclasses import dataclass
 
 from . import docker
-from .errors import BuildFailed
+from .core.errors import BuildFailed
 
 
 class NotReproducible(BuildFailed):

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import requests
 
 from . import docker
-from .errors import PortInUse, ToolkitError
+from .core.errors import PortInUse, ToolkitError
 
 log = logging.getLogger(__name__)
 

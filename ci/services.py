@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import docker, run, runner
-from .errors import BuildFailed, CommandFailed, ConfigError, ToolkitError, ToolMissing
+from . import docker, run
+from .core import process
+from .core.errors import BuildFailed, CommandFailed, ConfigError, ToolkitError, ToolMissing
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def build_runner(root: Path, entry: Runner, pkgs: str) -> Path:
     described = f"{entry.file}{' -A ' + entry.attr if entry.attr else ''}"
     log.info("building the runner %s: nix-build %s", entry.name, described)
     try:
-        built = runner.run("nix-build", args)
+        built = process.run("nix-build", args)
     except ToolMissing as exc:
         raise ToolMissing(f"starting {entry.name} in the foreground needs Nix on this machine: {exc.message}",
                           NO_HOST_NIX) from None
@@ -119,7 +120,7 @@ _STOPPED = {0, -signal.SIGINT, -signal.SIGTERM, 128 + signal.SIGINT, 128 + signa
 def run_foreground(name: str, path: Path, args: list[str]) -> None:
     """Run `path`/bin/run on this terminal until it stops; ToolkitError unless it was stopped."""
     log.info("running %s/bin/run; Ctrl-C stops it", path)
-    code = runner.run_attached(str(path / "bin" / "run"), args)
+    code = process.run_attached(str(path / "bin" / "run"), args)
     if code not in _STOPPED:
         how = f"was killed by signal {-code}" if code < 0 else f"exited {code}"
         raise ToolkitError(f"the runner {name} {how}", "its output is above")

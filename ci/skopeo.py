@@ -21,9 +21,9 @@ from typing import TypeVar
 
 import tenacity
 
-from . import credentials, runner
-from .errors import NO_SPACE_HINT, CommandFailed, DiskFull, RegistryError, RegistryUnreachable
-from .refs import is_loopback
+from .core import credentials, process
+from .core.errors import NO_SPACE_HINT, CommandFailed, DiskFull, RegistryError, RegistryUnreachable
+from .core.refs import is_loopback
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +150,9 @@ def copy(source: str, destination: str, *, insecure: bool = False,
     with tempfile.TemporaryDirectory(prefix="nix-ci-copy-") as work, auth_file(registries) as auth:
         digest_file = Path(work) / "digest"
 
-        def attempt() -> runner.Completed:
+        def attempt() -> process.Completed:
             try:
-                return runner.run(
+                return process.run(
                     "skopeo",
                     [
                         "--debug",
@@ -211,7 +211,7 @@ def _inspect(name: str, insecure: bool, *options: str) -> str:
     with auth_file([r for r in [registry_of(name)] if r]) as auth:
         def attempt() -> str:
             try:
-                return runner.run("skopeo", ["inspect", *options, *auth, *tls_flags("", name, insecure), name]).output
+                return process.run("skopeo", ["inspect", *options, *auth, *tls_flags("", name, insecure), name]).output
             except CommandFailed as exc:
                 raise _explain(exc, name) from None
 

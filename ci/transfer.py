@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import docker, skopeo, umoci
-from .errors import ConfigError, naming_full_disk
+from .core.errors import ConfigError, naming_full_disk
+from .core.refs import Destination, check_tag, parse_destination
 from .project import IDENTITY_PREFIX
-from .refs import Destination, check_tag, parse_destination
 
 log = logging.getLogger(__name__)
 

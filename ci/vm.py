@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import archive, cidata, docker, nix, oras, qemu
-from .errors import BuildFailed, CommandFailed, ConfigError, ImageNotFound, ToolkitError
+from .core.errors import BuildFailed, CommandFailed, ConfigError, ImageNotFound, ToolkitError
 from .run import check_port_free
 
 log = logging.getLogger(__name__)

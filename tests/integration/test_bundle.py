@@ -25,7 +25,7 @@ import pytest
 import requests
 
 from ci import bundle, oras
-from ci.errors import ConfigError
+from ci.core.errors import ConfigError
 from tests.conftest import ROOT, assert_one_line_error, invoke, processes
 from tests.integration import registries
 from tests.integration.conftest import project_copy

@@ -5,7 +5,7 @@ import subprocess
 import pytest
 
 from ci import nix
-from ci.errors import ConfigError
+from ci.core.errors import ConfigError
 from tests.conftest import ROOT, invoke
 
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from ci.core.refs import is_loopback
 from ci.project import Project
-from ci.refs import is_loopback
 from tests.conftest import Outcome, assert_one_line_error, invoke
 from tests.integration import registries
 from tests.integration.conftest import unavailable

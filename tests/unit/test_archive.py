@@ -9,7 +9,7 @@ import tracemalloc
 import pytest
 
 from ci import archive
-from ci.errors import BuildFailed
+from ci.core.errors import BuildFailed
 
 
 def make_archive(layers: list[bytes], *, order: str = "layers-first", names: list[str] | None = None) -> bytes:

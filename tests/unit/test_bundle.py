@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from ci import bundle
-from ci.errors import ConfigError, IntegrityError
+from ci.core.errors import ConfigError, IntegrityError
 from tests.conftest import ROOT
 
 PUBLIC = "ci-1:" + base64.b64encode(bytes(range(32))).decode()

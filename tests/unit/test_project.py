@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from ci.errors import ConfigError
+from ci.core.errors import ConfigError
 from ci.project import OneContainerBuild, Project
 
 ROOT = Path(__file__).resolve().parents[2]

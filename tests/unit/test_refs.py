@@ -2,8 +2,8 @@
 
 import pytest
 
-from ci.errors import BadReference
-from ci.refs import is_loopback, parse_destination, parse_image_ref
+from ci.core.errors import BadReference
+from ci.core.refs import is_loopback, parse_destination, parse_image_ref
 
 
 @pytest.mark.parametrize(("text", "registry", "repository", "tag"), [

@@ -1,5 +1,5 @@
 """Retries of registry operations (ci.skopeo.with_retries), which skopeo failures
-are worth one, and what the runner does with a program once the toolkit stops
+are worth one, and what ci.core.process does with a program once the toolkit stops
 waiting for it. skopeo's messages below are what skopeo 1.9 printed when a
 real registry was killed, refused, or the disk filled up."""
 
@@ -12,8 +12,9 @@ import time
 
 import pytest
 
-from ci import runner, skopeo
-from ci.errors import BadReference, CommandFailed, DiskFull, RegistryError, RegistryUnreachable
+from ci import skopeo
+from ci.core import process
+from ci.core.errors import BadReference, CommandFailed, DiskFull, RegistryError, RegistryUnreachable
 
 FAST = skopeo.Retry(attempts=3, first_wait=0.01, max_wait=0.02)
 
@@ -125,14 +126,14 @@ def test_a_program_is_stopped_when_the_toolkit_stops_waiting(tmp_path):
         raise RuntimeError("the toolkit stops here (as on Ctrl-C)")
 
     with pytest.raises(RuntimeError):
-        runner.run("sh", ["-c", f"echo $$ > {pid_file}; echo started; exec sleep 60"], on_line=stop_reading)
+        process.run("sh", ["-c", f"echo $$ > {pid_file}; echo started; exec sleep 60"], on_line=stop_reading)
     pid = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):  # gone, and reaped: not even a zombie
         os.kill(pid, 0)
 
 
 def test_a_program_that_ignores_sigterm_is_killed(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "STOP_TIMEOUT", 0.5)
+    monkeypatch.setattr(process, "STOP_TIMEOUT", 0.5)
     pid_file = tmp_path / "pid"
 
     def stop_reading(_line: str) -> None:
@@ -140,7 +141,7 @@ def test_a_program_that_ignores_sigterm_is_killed(tmp_path, monkeypatch):
 
     started = time.monotonic()
     with pytest.raises(RuntimeError):
-        runner.run("sh", ["-c", f"trap '' TERM; echo $$ > {pid_file}; echo started; while :; do sleep 0.1; done"],
+        process.run("sh", ["-c", f"trap '' TERM; echo $$ > {pid_file}; echo started; while :; do sleep 0.1; done"],
                    on_line=stop_reading)
     assert time.monotonic() - started < 10
     with pytest.raises(ProcessLookupError):
@@ -149,11 +150,11 @@ def test_a_program_that_ignores_sigterm_is_killed(tmp_path, monkeypatch):
 
 def test_a_program_ended_by_ctrl_c_is_an_interrupt():
     with pytest.raises(KeyboardInterrupt):
-        runner.run("sh", ["-c", f"kill -{signal.SIGINT} $$"])
+        process.run("sh", ["-c", f"kill -{signal.SIGINT} $$"])
 
 
 def test_the_registry_password_is_withheld_from_programs(monkeypatch):
     monkeypatch.setenv("REGISTRY_USERNAME", "alice")
     monkeypatch.setenv("REGISTRY_PASSWORD", "hunter2-secret")
-    seen = runner.run("sh", ["-c", 'echo "user=$REGISTRY_USERNAME password=${REGISTRY_PASSWORD:-none}"']).output
+    seen = process.run("sh", ["-c", 'echo "user=$REGISTRY_USERNAME password=${REGISTRY_PASSWORD:-none}"']).output
     assert seen.strip() == "user=alice password=none"

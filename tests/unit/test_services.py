@@ -4,7 +4,7 @@ import pytest
 
 import tasks
 from ci import services
-from ci.errors import ConfigError
+from ci.core.errors import ConfigError
 
 SERVICES = {
     "file": "nix/services.nix",

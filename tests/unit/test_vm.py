@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from ci import cidata, oras, qemu, vm
-from ci.errors import ConfigError, ToolkitError
+from ci.core.errors import ConfigError, ToolkitError
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA4b6L7g8/NF66/2riOVBBGIpMvEiNo335A21y9yg411 me@laptop"
 RSA = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 other@host"
