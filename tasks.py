@@ -6,7 +6,6 @@ import contextlib
 import os
 from pathlib import Path
 
-from ci.errors import ConfigError
 from invoke import Collection, task
 
 # Only what build-web needs is imported here; the other tasks import their
@@ -14,6 +13,7 @@ from invoke import Collection, task
 from ci import build, github
 from ci.build import BuilderSettings
 from ci.cache import CacheSettings
+from ci.core.errors import ConfigError
 from ci.edge import report_errors, say
 from ci.project import Project
 

@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from . import cache as cache_images
-from . import docker
 from .cache import CacheSettings
-from .core.errors import BuildFailed, ConfigError, NetworkUnavailable, ToolkitError
+from .core.errors import BuildFailed, ConfigError, NetworkUnavailable, ToolkitError, looks_offline
 from .project import IDENTITY_PREFIX, Project
+from .tools import docker
 
 # debian, nix, reproducible and transfer are imported where they are used: a
 # build that finds its image up to date needs none of them (see bench/).
@@ -234,9 +234,9 @@ def _with_substituter(args: dict[str, str], substituter: Substituter | None) -> 
 
 def _nix_failure(exc: BuildFailed, dockerfile: str) -> ToolkitError:
     """A failed build of `dockerfile` in one line: Nix's first error, or no network, when its log shows one."""
-    from . import nix
+    from .tools import nix
 
-    if not nix.first_error(exc.details) and not docker.looks_offline(exc.details):
+    if not nix.first_error(exc.details) and not looks_offline(exc.details):
         return exc
     return nix.build_error(f"the Nix build in {dockerfile}.Dockerfile", exc.details, fallback=exc.message,
                            offline=f"the Nix build in {dockerfile}.Dockerfile needs a download and there is no network",

@@ -31,8 +31,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import archive, docker, nix, oras
 from .core.errors import BuildFailed, ConfigError, IntegrityError, NetworkUnavailable, RegistryError, naming_full_disk
+from .tools import docker, nix, oras
+from .tools.docker import archive
 
 log = logging.getLogger(__name__)
 

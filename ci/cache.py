@@ -14,10 +14,10 @@ import datetime
 import logging
 from dataclasses import dataclass
 
-from . import docker
 from .core import credentials
 from .core.errors import ConfigError, NetworkUnavailable, RegistryError
 from .project import Project
+from .tools import docker
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import fat, iso
 from .core.errors import ConfigError, ToolkitError
+from .tools import fat, iso
 
 log = logging.getLogger(__name__)
 

@@ -14,9 +14,9 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import docker
 from .core import process
 from .core.errors import ConfigError
+from .tools import docker
 
 log = logging.getLogger(__name__)
 

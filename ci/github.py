@@ -53,7 +53,7 @@ class PushResult(Protocol):
 
 
 class BuiltImage(Protocol):
-    """What a build reports (ci.docker.Image, ci.build.WebImage)."""
+    """What a build reports (ci.tools.docker.Image, ci.build.WebImage)."""
 
     id: str
     tags: tuple[str, ...]

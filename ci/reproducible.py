@@ -14,8 +14,8 @@ import logging
 import tarfile
 from dataclasses import dataclass
 
-from . import docker
 from .core.errors import BuildFailed
+from .tools import docker
 
 
 class NotReproducible(BuildFailed):

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import requests
 
-from . import docker
 from .core.errors import PortInUse, ToolkitError
+from .tools import docker
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import docker, run
+from . import run
 from .core import process
 from .core.errors import BuildFailed, CommandFailed, ConfigError, ToolkitError, ToolMissing
+from .tools import docker
 
 log = logging.getLogger(__name__)
 

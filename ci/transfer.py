@@ -10,10 +10,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import docker, skopeo, umoci
 from .core.errors import ConfigError, naming_full_disk
 from .core.refs import Destination, check_tag, parse_destination
 from .project import IDENTITY_PREFIX
+from .tools import docker, skopeo, umoci
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import archive, cidata, docker, nix, oras, qemu
+from . import cidata
 from .core.errors import BuildFailed, CommandFailed, ConfigError, ImageNotFound, ToolkitError
 from .run import check_port_free
+from .tools import docker, nix, oras, qemu
+from .tools.docker import archive
 
 log = logging.getLogger(__name__)
 

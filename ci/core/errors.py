@@ -135,3 +135,21 @@ def naming_full_disk(directory: Path) -> Iterator[None]:
 
 def _tail(output: str, lines: int = 20) -> str:
     return "\n".join(output.rstrip().splitlines()[-lines:])
+
+
+# What a log says when something could not be downloaded for lack of network.
+OFFLINE_PHRASES = (
+    "no such host",
+    "Temporary failure in name resolution",
+    "network is unreachable",
+    "dial tcp",
+    "i/o timeout",
+    "Could not resolve host",
+    "unable to download",
+    "Couldn't resolve host",
+)
+
+
+def looks_offline(text: str) -> bool:
+    """True when a log says something could not be downloaded for lack of network."""
+    return any(phrase.lower() in text.lower() for phrase in OFFLINE_PHRASES)

@@ -4,7 +4,7 @@ Every external program (skopeo, umoci, nix, mmdebstrap, ...) runs through
 `run`, which finds the binary on PATH, logs the command, keeps its output, and
 turns a failure into a CommandFailed carrying the tail of that output. A
 program never outlives the toolkit's interest in it: on Ctrl-C or any other
-exception it is stopped. The Docker engine is not a process: ci.docker talks
+exception it is stopped. The Docker engine is not a process: ci.tools.docker talks
 to it through the SDK.
 """
 
@@ -51,7 +51,7 @@ TAIL_LINES = 20
 # Seconds a program gets to end after SIGTERM, once the toolkit stops waiting for it.
 STOP_TIMEOUT = 5
 
-# Never passed on: programs get credentials through files (ci.skopeo.auth_file).
+# Never passed on: programs get credentials through files (ci.tools.skopeo.auth_file).
 WITHHELD_VARIABLES = (PASSWORD_VARIABLE,)
 
 

@@ -24,8 +24,9 @@ import docker.errors
 import pytest
 import requests
 
-from ci import bundle, oras
+from ci import bundle
 from ci.core.errors import ConfigError
+from ci.tools import oras
 from tests.conftest import ROOT, assert_one_line_error, invoke, processes
 from tests.integration import registries
 from tests.integration.conftest import project_copy

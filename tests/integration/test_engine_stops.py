@@ -186,7 +186,7 @@ def build_env(directory: Path, second: PrivateEngine, page: str, *, bench: bool 
     the benchmark's images file, or the small fixture one."""
     env = project_copy(directory, page)
     (directory / "tests" / "fixtures" / "bench" / "index.html").write_text(page)
-    # A sweep stamp of its own (ci.docker.sweep): the build started meanwhile sweeps too.
+    # A sweep stamp of its own (ci.tools.docker.sweep): the build started meanwhile sweeps too.
     return {**env, **({"INVOKE_WEB_IMAGES": BENCH} if bench else {}), "DOCKER_HOST": second.host,
             "XDG_CACHE_HOME": str(directory.with_name(f"{directory.name}-cache")),
             **private_tmpdir(directory.with_name(f"{directory.name}-tmp"))}

@@ -28,8 +28,8 @@ from pathlib import Path
 import pytest
 from invoke.exceptions import Exit
 
-from ci import skopeo
 from ci.edge import report_errors
+from ci.tools import skopeo
 from tests.conftest import FIXTURE_CONFIG, ROOT, Outcome, assert_one_line_error, invoke
 from tests.integration import registries
 from tests.integration.conftest import STREAM_BUILT, project_copy, unavailable

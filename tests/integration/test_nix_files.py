@@ -4,8 +4,8 @@ import subprocess
 
 import pytest
 
-from ci import nix
 from ci.core.errors import ConfigError
+from ci.tools import nix
 from tests.conftest import ROOT, invoke
 
 

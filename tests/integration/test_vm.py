@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from ci import oras, vm
+from ci import vm
+from ci.tools import oras
 from tests.conftest import FIXTURE_CONFIG, ROOT, assert_one_line_error, invoke, processes
 from tests.integration import registries
 

@@ -8,8 +8,8 @@ import tracemalloc
 
 import pytest
 
-from ci import archive
 from ci.core.errors import BuildFailed
+from ci.tools.docker import archive
 
 
 def make_archive(layers: list[bytes], *, order: str = "layers-first", names: list[str] | None = None) -> bytes:

@@ -1,4 +1,4 @@
-"""Retries of registry operations (ci.skopeo.with_retries), which skopeo failures
+"""Retries of registry operations (ci.tools.skopeo.with_retries), which skopeo failures
 are worth one, and what ci.core.process does with a program once the toolkit stops
 waiting for it. skopeo's messages below are what skopeo 1.9 printed when a
 real registry was killed, refused, or the disk filled up."""
@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from ci import skopeo
 from ci.core import process
 from ci.core.errors import BadReference, CommandFailed, DiskFull, RegistryError, RegistryUnreachable
+from ci.tools import skopeo
 
 FAST = skopeo.Retry(attempts=3, first_wait=0.01, max_wait=0.02)
 
@@ -37,7 +37,7 @@ UNREACHABLE = RegistryUnreachable("the registry 127.0.0.1:5999 does not answer",
 
 def test_a_registry_that_comes_back_is_tried_again_with_one_line_per_retry(caplog):
     action = Flaky(2, UNREACHABLE)
-    with caplog.at_level(logging.WARNING, logger="ci.skopeo"):
+    with caplog.at_level(logging.WARNING, logger="ci.tools.skopeo"):
         assert skopeo.with_retries(action, "copying to docker://127.0.0.1:5999/web:1", FAST) == "done"
     assert action.calls == 3
     retries = [record.getMessage() for record in caplog.records]

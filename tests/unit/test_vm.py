@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from ci import cidata, oras, qemu, vm
+from ci import cidata, vm
 from ci.core.errors import ConfigError, ToolkitError
+from ci.tools import oras, qemu
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA4b6L7g8/NF66/2riOVBBGIpMvEiNo335A21y9yg411 me@laptop"
 RSA = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQC7 other@host"

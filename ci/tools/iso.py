@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from .core import process
+from ..core import process
 
 
 def make(image: Path, *, volume_id: str, files: Mapping[str, Path], date: int) -> None:

@@ -14,8 +14,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import process
-from .core.errors import CommandFailed, ConfigError, ToolkitError
+from ..core import process
+from ..core.errors import CommandFailed, ConfigError, ToolkitError
 
 log = logging.getLogger(__name__)
 

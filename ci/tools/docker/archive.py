@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO
 
-from .core.errors import BuildFailed
+from ...core.errors import BuildFailed
 
 SPOOL = 64 << 20
 BLOCK = 1 << 20

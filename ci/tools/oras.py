@@ -35,9 +35,9 @@ import oras.container
 import oras.provider
 import requests
 
-from .core import credentials
-from .core.errors import ConfigError, RegistryError, ToolkitError
-from .core.refs import ImageRef, is_loopback, parse_image_ref
+from ..core import credentials
+from ..core.errors import ConfigError, RegistryError, ToolkitError
+from ..core.refs import ImageRef, is_loopback, parse_image_ref
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 
-from .core import process
+from ..core import process
 
 # mtools works in local time; UTC makes the dates it writes the same everywhere.
 _MTOOLS_ENV = {"TZ": "UTC", "MTOOLS_SKIP_CHECK": "1"}

@@ -21,9 +21,9 @@ from typing import TypeVar
 
 import tenacity
 
-from .core import credentials, process
-from .core.errors import NO_SPACE_HINT, CommandFailed, DiskFull, RegistryError, RegistryUnreachable
-from .core.refs import is_loopback
+from ..core import credentials, process
+from ..core.errors import NO_SPACE_HINT, CommandFailed, DiskFull, RegistryError, RegistryUnreachable
+from ..core.refs import is_loopback
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .core import process
+from ..core import process
 
 
 def raw_unpack(layout: Path, tag: str, rootfs: Path) -> None:

@@ -9,9 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from . import docker
-from .core import process
-from .core.errors import BuildFailed, CommandFailed, ConfigError, NetworkUnavailable, ToolkitError
+from ..core import process
+from ..core.errors import BuildFailed, CommandFailed, ConfigError, NetworkUnavailable, ToolkitError, looks_offline
 
 
 def parse(path: Path) -> None:
@@ -46,7 +45,7 @@ def build_error(what: str, log_tail: str, *, fallback: str, offline: str, offlin
 
     `fallback` stands in for Nix's error when it printed none (an exit code);
     `offline` and `offline_hint` say what a missing download means here."""
-    if docker.looks_offline(log_tail):
+    if looks_offline(log_tail):
         return NetworkUnavailable(f"{offline}: {first_error(log_tail) or fallback}", offline_hint, details=log_tail)
     return BuildFailed(f"{what} failed: {first_error(log_tail) or fallback}",
                        "fix the Nix expression; the end of the build log is above", details=log_tail)
