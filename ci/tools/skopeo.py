@@ -27,7 +27,7 @@ from ..core.refs import is_loopback
 
 log = logging.getLogger(__name__)
 
-POLICY = Path(__file__).resolve().parent.parent / "images" / "policy.json"
+POLICY = Path(__file__).resolve().parents[2] / "images" / "policy.json"
 
 T = TypeVar("T")
 
