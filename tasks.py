@@ -363,7 +363,7 @@ def pull_vm(c, source, to=None, insecure=False):
         say(f"{path} {layer.digest} verified")
 
 
-# --- closure bundles and binary caches (ci/bundle.py) ---------------------------------
+# --- closure bundles and binary caches (ci/bundles/) ---------------------------------
 
 
 def _key_path(c, flag, configured):
@@ -374,11 +374,11 @@ def _key_path(c, flag, configured):
 
 def _trusted_keys(c, public_key=None):
     """bundle.public_key (when it exists, or when given) and bundle.trusted_keys."""
-    from ci import bundle as ci_bundle
+    from ci import bundles
 
     path = _key_path(c, public_key, c.bundle.public_key)
     keys = c.bundle.trusted_keys or []
-    return ci_bundle.public_keys([path] if public_key or path.exists() else [], [keys] if isinstance(keys, str) else keys)
+    return bundles.public_keys([path] if public_key or path.exists() else [], [keys] if isinstance(keys, str) else keys)
 
 
 def _substituter(c, reference):
@@ -386,9 +386,9 @@ def _substituter(c, reference):
     reference = reference or c.bundle.substituter
     if not reference:
         return contextlib.nullcontext(None)
-    from ci import bundle as ci_bundle
+    from ci import bundles
 
-    return ci_bundle.substituter(reference, _trusted_keys(c))
+    return bundles.substituter(reference, _trusted_keys(c))
 
 
 @task(help={
@@ -398,9 +398,9 @@ def _substituter(c, reference):
 @report_errors
 def bundle_key(c, name=None, force=False):
     """Generate the key pair that signs bundles (bundle.secret_key, bundle.public_key), outside the repository."""
-    from ci import bundle as ci_bundle
+    from ci import bundles
 
-    pair = ci_bundle.generate_key(builder=c.builder.base, name=name or c.bundle.key_name or ci_bundle.default_key_name(),
+    pair = bundles.generate_key(builder=c.builder.base, name=name or c.bundle.key_name or bundles.default_key_name(),
                                   secret=_key_path(c, None, c.bundle.secret_key),
                                   public=_key_path(c, None, c.bundle.public_key), force=force,
                                   project=Path(c.project.root or HERE))
@@ -418,9 +418,9 @@ def bundle_key(c, name=None, force=False):
 @report_errors
 def bundle(c, expression=None, attr=None, output=None, secret_key=None, compression=None):
     """Build the runner in the builder container; write one signed bundle: its binary cache and result link."""
-    from ci import bundle as ci_bundle
+    from ci import bundles
 
-    made = ci_bundle.make_bundle(Path(c.project.root or HERE), builder=c.builder.base,
+    made = bundles.make_bundle(Path(c.project.root or HERE), builder=c.builder.base,
                                  expression=expression or c.bundle.expression, attr=attr or c.bundle.attr,
                                  pkgs=c.web.pkgs, secret_key=_key_path(c, secret_key, c.bundle.secret_key),
                                  output=_path(c, output, c.bundle.output), compression=compression or c.bundle.compression)
@@ -433,10 +433,10 @@ def bundle(c, expression=None, attr=None, output=None, secret_key=None, compress
 @report_errors
 def build_runner(c, public_key=None):
     """Build the runner image: at start it restores a bundle (volume or registry) into its store, then runs it."""
-    from ci import bundle as ci_bundle
+    from ci import bundles
 
-    image = ci_bundle.build_runner(Path(c.project.root or HERE), base=c.builder.base, tag=c.bundle.runner_image,
-                                   keys=_trusted_keys(c, public_key))
+    image = bundles.build_runner_image(Path(c.project.root or HERE), base=c.builder.base, tag=c.bundle.runner_image,
+                                         keys=_trusted_keys(c, public_key))
     say(f"{c.bundle.runner_image} {image.id}")
 
 
@@ -449,14 +449,14 @@ def build_runner(c, public_key=None):
 @report_errors
 def cache_push(c, to, bundle=None, cache=None, insecure=False):
     """Push a bundle, or a whole binary cache directory, to a registry as an OCI artifact; print its digest."""
-    from ci import bundle as ci_bundle
+    from ci import bundles
 
     if bundle and cache:
         raise ConfigError("give --bundle or --cache, not both", "a bundle already holds its binary cache")
     if cache:
-        artifact = ci_bundle.push_cache(to, Path(cache).absolute(), insecure=insecure)
+        artifact = bundles.push_cache(to, Path(cache).absolute(), insecure=insecure)
     else:
-        artifact = ci_bundle.push_bundle(to, _path(c, bundle, c.bundle.output), insecure=insecure)
+        artifact = bundles.push_bundle(to, _path(c, bundle, c.bundle.output), insecure=insecure)
     say(artifact.pinned)
     say(f"{artifact.artifact_type} {len(artifact.layers)} files {sum(layer.size for layer in artifact.layers)} bytes")
 
@@ -470,9 +470,9 @@ def cache_push(c, to, bundle=None, cache=None, insecure=False):
 @report_errors
 def cache_pull(c, source, to=None, insecure=False):
     """Pull a bundle or binary cache artifact, every file checked against its digest; print where it went."""
-    from ci import bundle as ci_bundle
+    from ci import bundles
 
-    pulled = ci_bundle.pull(source, bundle_to=_path(c, to, c.bundle.output), cache_to=_path(c, to, c.bundle.cache_dir),
+    pulled = bundles.pull(source, bundle_to=_path(c, to, c.bundle.output), cache_to=_path(c, to, c.bundle.cache_dir),
                             insecure=insecure)
     say(pulled.artifact.pinned)
     say(f"{pulled.path} {pulled.kind}: {len(pulled.contents.narinfos)} paths, {pulled.contents.nar_bytes} bytes of NARs, "

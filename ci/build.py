@@ -29,8 +29,8 @@ from .tools import docker
 # debian, nix, reproducible and transfer are imported where they are used: a
 # build that finds its image up to date needs none of them (see bench/).
 
-if TYPE_CHECKING:  # ci.bundle loads oras; builds without a substituter do not need it
-    from .bundle import Substituter
+if TYPE_CHECKING:  # ci.bundles loads oras; builds without a substituter do not need it
+    from .bundles import Substituter
     from .reproducible import Verdict
     from .transfer import Pushed
 
@@ -228,7 +228,7 @@ def _build(project: Project, dockerfile: str, *, tag: str | None = None, labels:
 
 
 def _with_substituter(args: dict[str, str], substituter: Substituter | None) -> dict[str, str]:
-    """A substituter (ci.bundle) goes into the context and NIX_CONFIG; never into the identity of web images."""
+    """A substituter (ci.bundles) goes into the context and NIX_CONFIG; never into the identity of web images."""
     return {**args, "NIX_CONFIG": substituter.nix_config()} if substituter is not None else args
 
 

@@ -132,7 +132,7 @@ def _disk_size(value: int | str) -> int | str:
 
 
 @dataclass(frozen=True)
-class BuiltImage:
+class BuiltDisk:
     """A qcow2 build-vm wrote, as qemu-img reads it."""
 
     path: Path
@@ -143,7 +143,7 @@ class BuiltImage:
 
 
 def build_vm(root: Path, *, builder: str, expression: str, pkgs: str, vm_settings: VmSettings,
-             output: Path, accel: qemu.Acceleration) -> BuiltImage:
+             output: Path, accel: qemu.Acceleration) -> BuiltDisk:
     """nix-build the image attribute of `expression` in a container of `builder`, and copy the qcow2 to `output`."""
     for what, relative in (("VM expression", expression), ("package set", pkgs)):
         if not (root / relative).exists():
@@ -184,7 +184,7 @@ def build_vm(root: Path, *, builder: str, expression: str, pkgs: str, vm_setting
             qemu.check_disk(partial)
             os.chmod(partial, 0o644)
             os.replace(partial, output)
-    return BuiltImage(output, output.stat().st_size, info.virtual_size, store_path, accel.kvm)
+    return BuiltDisk(output, output.stat().st_size, info.virtual_size, store_path, accel.kvm)
 
 
 def _inputs_tar(root: Path, paths: list[str], vm_settings: VmSettings) -> bytes:
@@ -271,7 +271,7 @@ def push_vm(reference: str, image: Path, seed: Path | None, *, insecure: bool = 
     return oras.push(reference, blobs, artifact_type=ARTIFACT_TYPE, insecure=insecure)
 
 
-def pull_vm(reference: str, directory: Path, *, insecure: bool = False) -> oras.Pulled:
+def pull_vm(reference: str, directory: Path, *, insecure: bool = False) -> oras.PulledFiles:
     """Pull a VM image artifact; every file is checked against its digest, and the disk must be a qcow2."""
     artifact = oras.inspect(reference, insecure=insecure)
     if artifact.artifact_type != ARTIFACT_TYPE:

@@ -100,7 +100,7 @@ class Artifact:
 
 
 @dataclass(frozen=True)
-class Pulled:
+class PulledFiles:
     artifact: Artifact
     files: tuple[Path, ...]  # in layer order, each checked against its digest
 
@@ -173,7 +173,7 @@ def resolve(reference: str, *, insecure: bool = False) -> str:
     return inspect(reference, insecure=insecure).digest
 
 
-def pull(reference: str, directory: Path, *, insecure: bool = False) -> Pulled:
+def pull(reference: str, directory: Path, *, insecure: bool = False) -> PulledFiles:
     """Download every layer of the artifact into `directory`, under its title.
 
     Each file is written under a temporary name, checked against its size and
@@ -199,7 +199,7 @@ def pull(reference: str, directory: Path, *, insecure: bool = False) -> Pulled:
             for partial, name in zip(partials, names, strict=True):
                 os.replace(partial, directory / name)
                 files.append(directory / name)
-    return Pulled(artifact, tuple(files))
+    return PulledFiles(artifact, tuple(files))
 
 
 def _tagged(reference: str) -> ImageRef:

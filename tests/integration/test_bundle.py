@@ -24,7 +24,7 @@ import docker.errors
 import pytest
 import requests
 
-from ci import bundle
+from ci import bundles
 from ci.core.errors import ConfigError
 from ci.tools import oras
 from tests.conftest import ROOT, assert_one_line_error, invoke, processes
@@ -177,7 +177,7 @@ def test_nginx_runner_is_the_seeds(nix_on_host):
 # --- bundle, then run it ----------------------------------------------------------------
 
 def test_bundle_holds_a_signed_cache_and_the_result_link(made, env):
-    info = bundle.inspect_bundle(made)
+    info = bundles.inspect_bundle(made)
     assert info.store_path.endswith("-run")
     assert info.cache.signers == ("bundletest-1",) and not info.cache.unsigned
     assert {i.compression for i in info.cache.narinfos} == {"zstd"}
@@ -196,7 +196,7 @@ def test_bundle_is_the_same_bytes_each_time(made, env, tmp_path):
 def test_bundle_with_xz(made, env, tmp_path):
     outcome = invoke("bundle", "--compression", "xz", "--output", str(tmp_path / "xz.tar"), env=env)
     assert outcome.code == 0, outcome.stderr[-2000:]
-    assert {i.compression for i in bundle.inspect_bundle(tmp_path / "xz.tar").cache.narinfos} == {"xz"}
+    assert {i.compression for i in bundles.inspect_bundle(tmp_path / "xz.tar").cache.narinfos} == {"xz"}
 
 
 def test_runner_restores_the_bundle_and_serves_the_page(engine, runner, made):
@@ -232,11 +232,11 @@ def test_bundle_through_the_registry_into_a_fresh_store(engine, runner, made, en
     assert pushed.code == 0, pushed.stderr
     pinned = pushed.stdout.splitlines()[0]
     manifest = oras.inspect(pinned)
-    assert manifest.artifact_type == bundle.BUNDLE_TYPE
-    assert [layer.media_type for layer in manifest.layers] == [bundle.BUNDLE_MEDIA_TYPE]
-    assert manifest.annotations[bundle.STORE_PATH_ANNOTATION] == bundle.inspect_bundle(made).store_path
+    assert manifest.artifact_type == bundles.BUNDLE_TYPE
+    assert [layer.media_type for layer in manifest.layers] == [bundles.BUNDLE_MEDIA_TYPE]
+    assert manifest.annotations[bundles.STORE_PATH_ANNOTATION] == bundles.inspect_bundle(made).store_path
     # A fresh store lacks the paths ...
-    store_path = bundle.inspect_bundle(made).store_path
+    store_path = bundles.inspect_bundle(made).store_path
     code, _ = run_once(engine, runner, entrypoint=["nix-store"], command=["--check-validity", store_path])
     assert code != 0
     # ... until a runner pulls the bundle from the registry, checks it and restores it, then runs what it asked.
@@ -290,14 +290,14 @@ def pushed_cache(made, env, registry, tmp_path_factory):
 
 def test_binary_cache_through_the_registry(pushed_cache, env, tmp_path):
     artifact = oras.inspect(pushed_cache)
-    assert artifact.artifact_type == bundle.CACHE_TYPE
+    assert artifact.artifact_type == bundles.CACHE_TYPE
     assert sorted({layer.media_type for layer in artifact.layers}) == sorted(
-        [bundle.CACHE_INFO_MEDIA_TYPE, bundle.NARINFO_MEDIA_TYPE, bundle.NAR_MEDIA_TYPE])
+        [bundles.CACHE_INFO_MEDIA_TYPE, bundles.NARINFO_MEDIA_TYPE, bundles.NAR_MEDIA_TYPE])
     target = tmp_path / "cache"
     outcome = invoke("cache-pull", pushed_cache, "--to", str(target), env=env)
     assert outcome.code == 0, outcome.stderr
     assert len(list(target.glob("*.narinfo"))) == 3 and len(list((target / "nar").iterdir())) == 3
-    assert bundle.cache_directory(target).signers == ("bundletest-1",)
+    assert bundles.cache_directory(target).signers == ("bundletest-1",)
     # Again, over the cache it wrote: replaced whole.
     assert invoke("cache-pull", pushed_cache, "--to", str(target), env=env).code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]
@@ -365,7 +365,7 @@ def test_build_cache_substitutes_from_a_registry(engine, base, env, registry, tm
 
 
 def test_unreachable_substituter_is_reported_and_skipped(caplog):
-    with bundle.substituter(f"127.0.0.1:{free_port()}/bundletest/none:1", ("k-1:" + "A" * 43 + "=",)) as used:
+    with bundles.substituter(f"127.0.0.1:{free_port()}/bundletest/none:1", ("k-1:" + "A" * 43 + "=",)) as used:
         assert used is None
     assert "building without it" in caplog.text
 
@@ -373,7 +373,7 @@ def test_unreachable_substituter_is_reported_and_skipped(caplog):
 def test_substituter_of_another_type_is_refused(registry, tmp_path):
     reference = vm_artifact(registry, tmp_path)
     with pytest.raises(ConfigError, match="neither a bundle nor a binary cache"), \
-            bundle.substituter(reference, ("k-1:" + "A" * 43 + "=",)):
+            bundles.substituter(reference, ("k-1:" + "A" * 43 + "=",)):
         pass
 
 

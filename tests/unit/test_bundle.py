@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ci import bundle
+from ci import bundles
 from ci.core.errors import ConfigError, IntegrityError
 from tests.conftest import ROOT
 
@@ -35,7 +35,7 @@ def cache_files(*, run_sig: str | None = "ci-1:c2lnbmF0dXJl", drop: str = "") ->
         nar = f"nar of {path}".encode()
         info = narinfo(path, nar, refs, sig)
         files[f"{Path(path).name[:32]}.narinfo"] = info.encode()
-        files[bundle.parse_narinfo(info, "x").url] = nar
+        files[bundles.parse_narinfo(info, "x").url] = nar
     return {name: data for name, data in files.items() if name != drop}
 
 
@@ -57,7 +57,7 @@ def write_bundle(path: Path, files: dict[str, bytes], result: str | None = RUN) 
 def test_public_keys_are_read_checked_and_deduplicated(tmp_path):
     key_file = tmp_path / "key.pub"
     key_file.write_text(PUBLIC + "\n")
-    assert bundle.public_keys([key_file], [PUBLIC, "other-1:" + PUBLIC.split(":")[1]]) == (
+    assert bundles.public_keys([key_file], [PUBLIC, "other-1:" + PUBLIC.split(":")[1]]) == (
         PUBLIC, "other-1:" + PUBLIC.split(":")[1])
 
 
@@ -65,18 +65,18 @@ def test_a_secret_key_where_a_public_one_belongs_is_refused_without_showing_it(t
     key_file = tmp_path / "key.pub"
     key_file.write_text(SECRET)
     with pytest.raises(ConfigError) as caught:
-        bundle.public_keys([key_file])
+        bundles.public_keys([key_file])
     assert "secret key" in caught.value.line() and SECRET.split(":")[1][:20] not in caught.value.line()
 
 
 def test_garbage_public_key_is_refused():
     with pytest.raises(ConfigError, match="not a Nix public key"):
-        bundle.public_keys([], ["ssh-ed25519 AAAA"])
+        bundles.public_keys([], ["ssh-ed25519 AAAA"])
 
 
 def test_missing_public_key_file_says_how_to_make_one(tmp_path):
     with pytest.raises(ConfigError) as caught:
-        bundle.public_keys([tmp_path / "none.pub"])
+        bundles.public_keys([tmp_path / "none.pub"])
     assert "invoke bundle-key" in caught.value.hint
 
 
@@ -84,28 +84,28 @@ def test_secret_key_is_read_and_never_shown(tmp_path):
     path = tmp_path / "key.sec"
     path.write_text(SECRET + "\n")
     path.chmod(0o600)
-    assert bundle.read_secret_key(path) == (SECRET + "\n").encode()
+    assert bundles.read_secret_key(path) == (SECRET + "\n").encode()
     path.write_text(PUBLIC)
     with pytest.raises(ConfigError, match="is a public key"):
-        bundle.read_secret_key(path)
+        bundles.read_secret_key(path)
     path.write_text("ci-1:" + "A" * 10)
     with pytest.raises(ConfigError) as caught:
-        bundle.read_secret_key(path)
+        bundles.read_secret_key(path)
     assert "AAAAAAAAAA" not in caught.value.line()
     with pytest.raises(ConfigError, match="no secret key at") as caught:
-        bundle.read_secret_key(tmp_path / "none")
+        bundles.read_secret_key(tmp_path / "none")
     assert "invoke bundle-key" in caught.value.hint
 
 
 def test_default_key_name_is_a_valid_key_name():
-    assert bundle._KEY_NAME.match(bundle.default_key_name())
-    assert bundle.default_key_name().endswith("-1")
+    assert bundles.keys._KEY_NAME.match(bundles.default_key_name())
+    assert bundles.default_key_name().endswith("-1")
 
 
 # --- narinfo, caches and bundles -------------------------------------------------------
 
 def test_narinfo_fields():
-    info = bundle.parse_narinfo(narinfo(RUN, b"x", Path(BUSYBOX).name, "ci-1:abc"), "test")
+    info = bundles.parse_narinfo(narinfo(RUN, b"x", Path(BUSYBOX).name, "ci-1:abc"), "test")
     assert (info.store_path, info.url, info.file_size, info.references, info.signers, info.compression) == (
         RUN, "nar/ii4sbl8d87lb57spq470dqjcg72ckl48x.nar.zst", 1, (Path(BUSYBOX).name,), ("ci-1",), "zstd")
     assert info.hash_part == "ii4sbl8d87lb57spq470dqjcg72ckl48"
@@ -113,11 +113,11 @@ def test_narinfo_fields():
 
 def test_narinfo_without_store_path_is_refused():
     with pytest.raises(IntegrityError, match="not a valid narinfo"):
-        bundle.parse_narinfo("URL: nar/x\n", "test")
+        bundles.parse_narinfo("URL: nar/x\n", "test")
 
 
 def test_a_whole_bundle_is_read(tmp_path):
-    info = bundle.inspect_bundle(write_bundle(tmp_path / "closure.tar", cache_files()))
+    info = bundles.inspect_bundle(write_bundle(tmp_path / "closure.tar", cache_files()))
     assert info.store_path == RUN
     assert sorted(info.closure) == sorted([RUN, BUSYBOX])
     assert info.cache.signers == ("ci-1",)
@@ -134,32 +134,32 @@ def test_a_whole_bundle_is_read(tmp_path):
 ])
 def test_incomplete_bundles_are_refused(tmp_path, files, result, phrase):
     with pytest.raises(IntegrityError, match=phrase):
-        bundle.inspect_bundle(write_bundle(tmp_path / "closure.tar", files, result))
+        bundles.inspect_bundle(write_bundle(tmp_path / "closure.tar", files, result))
 
 
 def test_a_nar_of_the_wrong_size_is_refused(tmp_path):
     files = cache_files()
     files["nar/ii4sbl8d87lb57spq470dqjcg72ckl48x.nar.zst"] += b"more"
     with pytest.raises(IntegrityError, match="its narinfo says"):
-        bundle.inspect_bundle(write_bundle(tmp_path / "closure.tar", files))
+        bundles.inspect_bundle(write_bundle(tmp_path / "closure.tar", files))
 
 
 def test_missing_truncated_and_random_tarballs_are_refused_in_one_line(tmp_path):
     with pytest.raises(ConfigError, match="no bundle at"):
-        bundle.inspect_bundle(tmp_path / "none.tar")
+        bundles.inspect_bundle(tmp_path / "none.tar")
     with pytest.raises(ConfigError, match="is a directory"):
-        bundle.inspect_bundle(tmp_path)
+        bundles.inspect_bundle(tmp_path)
     whole = write_bundle(tmp_path / "closure.tar", cache_files()).read_bytes()
     for name, data in (("random.tar", bytes(range(256)) * 40), ("empty.tar", b""), ("cut.tar", whole[:1300])):
         (tmp_path / name).write_bytes(data)
         with pytest.raises(IntegrityError) as caught:
-            bundle.inspect_bundle(tmp_path / name)
+            bundles.inspect_bundle(tmp_path / name)
         assert "\n" not in caught.value.line()
         assert "invoke bundle" in caught.value.hint
 
 
 def test_unsigned_paths_are_listed(tmp_path):
-    info = bundle.inspect_bundle(write_bundle(tmp_path / "closure.tar", cache_files(run_sig=None)))
+    info = bundles.inspect_bundle(write_bundle(tmp_path / "closure.tar", cache_files(run_sig=None)))
     assert info.cache.unsigned == (RUN,)
 
 
@@ -167,12 +167,12 @@ def test_cache_directory(tmp_path):
     for name, data in cache_files().items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_bytes(data)
-    assert len(bundle.cache_directory(tmp_path).narinfos) == 2
+    assert len(bundles.cache_directory(tmp_path).narinfos) == 2
     with pytest.raises(ConfigError, match="no binary cache directory"):
-        bundle.cache_directory(tmp_path / "none")
+        bundles.cache_directory(tmp_path / "none")
     (tmp_path / "nix-cache-info").write_text("StoreDir: /gnu/store\n")
     with pytest.raises(IntegrityError, match="/gnu/store"):
-        bundle.cache_directory(tmp_path)
+        bundles.cache_directory(tmp_path)
 
 
 def test_the_tarball_is_the_same_for_the_same_tree(tmp_path):
@@ -181,35 +181,35 @@ def test_the_tarball_is_the_same_for_the_same_tree(tmp_path):
         (tree / "cache" / name).parent.mkdir(parents=True, exist_ok=True)
         (tree / "cache" / name).write_bytes(data)
     (tree / "cache" / "log").mkdir()
-    bundle._write_bundle(tree, RUN, tmp_path / "one.tar")
+    bundles.making._write_bundle(tree, RUN, tmp_path / "one.tar")
     for path in tree.rglob("*"):
         path.touch()  # other times, same content
-    bundle._write_bundle(tree, RUN, tmp_path / "two.tar")
+    bundles.making._write_bundle(tree, RUN, tmp_path / "two.tar")
     assert (tmp_path / "one.tar").read_bytes() == (tmp_path / "two.tar").read_bytes()
     with tarfile.open(tmp_path / "one.tar") as archive:
         members = archive.getmembers()
     assert [m.name for m in members][:2] == ["cache", "cache/9ahivz1d7bq7899fb9ka2db44z3qb8ls.narinfo"]
     assert members[-1].name == "result" and members[-1].linkname == RUN
     assert {(m.uid, m.gid, m.mtime) for m in members} == {(0, 0, 1)}
-    assert bundle.inspect_bundle(tmp_path / "one.tar").store_path == RUN
+    assert bundles.inspect_bundle(tmp_path / "one.tar").store_path == RUN
 
 
 # --- substituters, scripts -----------------------------------------------------------
 
 def test_substituter_settings_for_the_docker_build(tmp_path):
-    used = bundle.Substituter("r/x:1", tmp_path, (PUBLIC, "other-1:k"))
-    assert used.nix_config() == (f"extra-substituters = file:///src/{bundle.SUBSTITUTER_CONTEXT}\n"
+    used = bundles.Substituter("r/x:1", tmp_path, (PUBLIC, "other-1:k"))
+    assert used.nix_config() == (f"extra-substituters = file:///src/{bundles.SUBSTITUTER_CONTEXT}\n"
                                  f"extra-trusted-public-keys = {PUBLIC} other-1:k\n")
-    assert used.context() == {bundle.SUBSTITUTER_CONTEXT: str(tmp_path)}
+    assert used.context() == {bundles.SUBSTITUTER_CONTEXT: str(tmp_path)}
 
 
 def test_substituter_without_a_key_is_refused():
-    with pytest.raises(ConfigError, match="no public key"), bundle.substituter("127.0.0.1:5000/x:1", ()):
+    with pytest.raises(ConfigError, match="no public key"), bundles.substituter("127.0.0.1:5000/x:1", ()):
         pass
 
 
 def test_no_substituter_without_a_reference():
-    with bundle.substituter(None, ()) as used:
+    with bundles.substituter(None, ()) as used:
         assert used is None
 
 
