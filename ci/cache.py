@@ -68,7 +68,7 @@ def _pull(ref: str, local: str) -> docker.Image | None:
     """Pull the registry's cache; None, saying why, when it cannot be had."""
     log.info("no local cache image; pulling %s", ref)
     try:
-        image = docker.pull(ref, credentials.from_environment())
+        image = docker.pull(ref, credentials.for_registry(ref.split("/", 1)[0]))
     except (RegistryError, NetworkUnavailable) as exc:
         log.warning("warning: cannot use the cache image: %s; building without it", exc.message)
         return None

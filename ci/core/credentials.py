@@ -1,7 +1,13 @@
-"""Registry credentials from the environment, for CI jobs that hold a token.
+"""Registry credentials: the one place that reads them.
 
-They go to tools through files or API headers, never on a command line or
-in a log. Without them, skopeo and the engine read their usual auth files.
+CI jobs that hold a token set REGISTRY_USERNAME and REGISTRY_PASSWORD; every
+tool gets them from `for_registry`, never from the environment itself. They
+go to tools through files or API headers, never on a command line or in a
+log. Without them, each tool reads the usual auth files (`docker login`'s
+~/.docker/config.json, which skopeo and oras-py read too).
+
+One pair serves every registry for now; `for_registry` takes the registry's
+host so that a lookup per host can take its place.
 """
 
 from __future__ import annotations
@@ -22,6 +28,12 @@ class Credentials:
         return f"Credentials(username={self.username!r}, password=<hidden>)"
 
 
-def from_environment() -> Credentials | None:
+def for_registry(registry: str) -> Credentials | None:  # noqa: ARG001 - one pair for all registries, for now
+    """The credentials to present to `registry` (host[:port]); None: the tool's own auth files decide."""
     user, password = os.environ.get(USERNAME_VARIABLE), os.environ.get(PASSWORD_VARIABLE)
     return Credentials(user, password) if user and password else None
+
+
+def login_hint(registry: str) -> str:
+    """What to do when `registry` refused the credentials, whichever tool was speaking to it."""
+    return f"log in with `docker login {registry}` or set {USERNAME_VARIABLE} and {PASSWORD_VARIABLE}"

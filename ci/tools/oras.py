@@ -15,8 +15,9 @@ layer with its own media type and its file name as title annotation.
 
 TLS is verified for every registry but loopback ones, which are spoken to in
 plain HTTP; --insecure turns verification off for the others. Credentials
-come from REGISTRY_USERNAME and REGISTRY_PASSWORD (as for skopeo), or from
-the docker and containers auth files; they are never logged.
+come from ci.core.credentials, or from the docker and containers auth files;
+they are never logged. What a registry's answer means is said by
+ci.tools.registry.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import requests
 from ..core import credentials
 from ..core.errors import ConfigError, RegistryError, ToolkitError
 from ..core.refs import ImageRef, is_loopback, parse_image_ref
+from . import registry as registry_errors
 
 log = logging.getLogger(__name__)
 
@@ -227,13 +229,13 @@ def _registry(ref: ImageRef, insecure: bool) -> Iterator[tuple[oras.provider.Reg
     backend = "basic" if challenge.lower().startswith("basic") else "token"
     registry = _Registry(hostname=ref.registry, insecure=loopback, tls_verify=verify, auth_backend=backend)
     container = registry.get_container(f"{ref.registry}/{ref.repository}:{ref.tag or 'latest'}")
-    found = credentials.from_environment()
+    found = credentials.for_registry(ref.registry)
     if found:
         registry.auth.set_basic_auth(found.username, found.password)
     else:
         registry.auth.load_configs(container, configs=_auth_files())
         if backend == "basic" and not getattr(registry.auth, "_basic_auth", None):
-            raise _refused(ref)
+            raise registry_errors.refused(ref.registry)
     try:
         yield registry, container
     finally:
@@ -253,14 +255,11 @@ def _probe(host: str, scheme: str, verify: bool) -> str:
     try:
         response = requests.get(f"{scheme}://{host}/v2/", timeout=PROBE_TIMEOUT, verify=verify)
     except requests.exceptions.SSLError:
-        raise RegistryError(f"the registry {host} has a certificate that cannot be verified",
-                            "install its CA certificate, or pass --insecure if you trust it") from None
+        raise registry_errors.untrusted(host) from None
     except requests.RequestException:
-        raise RegistryError(f"the registry {host} does not answer",
-                            "check that it is running and that the host and port are right") from None
+        raise registry_errors.unreachable(host) from None
     if response.status_code not in (200, 401):
-        raise RegistryError(f"{host} does not answer like a registry (HTTP {response.status_code} on /v2/)",
-                            "check the host and port")
+        raise registry_errors.not_a_registry(host, response.status_code)
     return response.headers.get("Www-Authenticate", "")
 
 
@@ -268,27 +267,16 @@ def _request(registry: oras.provider.Registry, ref: ImageRef, method: str, url: 
     try:
         return registry.do_request(url, method, **kwargs)
     except requests.RequestException as exc:
-        raise RegistryError(f"the registry {ref.registry} stopped answering ({type(exc).__name__})",
-                            "check that it is running, then try again") from None
+        raise registry_errors.stopped(ref.registry, f"({type(exc).__name__})") from None
     except ValueError:  # oras-py: authentication was asked for and could not be given
-        raise _refused(ref) from None
+        raise registry_errors.refused(ref.registry) from None
 
 
 def _expect(response: requests.Response, ref: ImageRef, what: str, statuses: tuple[int, ...]) -> None:
     if response.status_code in statuses:
         return
-    if response.status_code in (401, 403):
-        raise _refused(ref)
-    if response.status_code == 404:
-        raise RegistryError(f"{ref} does not exist", "check the name and tag")
-    raise RegistryError(f"{what} to {ref.registry} failed: HTTP {response.status_code} {_registry_message(response)}",
-                        "check the registry's log")
-
-
-def _refused(ref: ImageRef) -> RegistryError:
-    return RegistryError(f"the registry {ref.registry} refused the credentials",
-                         f"log in with `skopeo login {ref.registry}` or set "
-                         f"{credentials.USERNAME_VARIABLE} and {credentials.PASSWORD_VARIABLE}")
+    raise registry_errors.from_status(response.status_code, registry=ref.registry, name=str(ref), doing=what,
+                                      message=_registry_message(response))
 
 
 def _registry_message(response: requests.Response) -> str:
@@ -305,11 +293,10 @@ def _upload(registry: oras.provider.Registry, container: oras.container.Containe
         # Skips blobs the registry already has (a HEAD first), then POST, PATCHes and PUT.
         response = registry.upload_blob(str(path), container, layer.to_json(), do_chunked=True, chunk_size=CHUNK_SIZE)
     except requests.RequestException as exc:
-        raise RegistryError(f"the registry {ref.registry} stopped answering ({type(exc).__name__})",
-                            "check that it is running, then try again") from None
+        raise registry_errors.stopped(ref.registry, f"({type(exc).__name__})") from None
     except ValueError as exc:
         if "authentication" in str(exc).lower():
-            raise _refused(ref) from None
+            raise registry_errors.refused(ref.registry) from None
         raise RegistryError(f"uploading {path.name} to {ref.registry} failed: {str(exc)[:200]}",
                             "check the registry's log") from None
     _expect(response, ref, f"uploading {path.name}", (200, 201, 202))
@@ -322,8 +309,7 @@ def _fetch_manifest(registry: oras.provider.Registry, container: oras.container.
     digest = _sha256_bytes(response.content)
     for claimed, source in ((ref.digest, "the reference"), (response.headers.get("Docker-Content-Digest"), "the registry")):
         if claimed and claimed != digest:
-            raise RegistryError(f"the manifest of {ref} has digest {digest}, but {source} says {claimed}",
-                                "the registry served other content than asked for; do not use it")
+            raise registry_errors.corrupt(f"the manifest of {ref}", f"its digest is {digest}, but {source} says {claimed}")
     manifest = json.loads(response.content)
     if manifest.get("mediaType", MANIFEST_MEDIA_TYPE) != MANIFEST_MEDIA_TYPE:
         raise RegistryError(f"{ref} is a {manifest.get('mediaType')}, not an OCI manifest", "pull it with skopeo instead")
@@ -352,15 +338,12 @@ def _download(registry: oras.provider.Registry, container: oras.container.Contai
                     size += len(chunk)
                     out.write(chunk)
             except requests.RequestException as exc:  # the connection broke mid-transfer
-                raise RegistryError(f"the registry {ref.registry} stopped answering while sending "
-                                    f"{layer.title or layer.digest} ({type(exc).__name__} after {size} of {layer.size} bytes)",
-                                    "check that it is running, then try again") from None
+                raise registry_errors.stopped(ref.registry, f"while sending {layer.title or layer.digest} "
+                                              f"({type(exc).__name__} after {size} of {layer.size} bytes)") from None
     digest = f"sha256:{hasher.hexdigest()}"
     if digest != layer.digest or size != layer.size:
-        raise RegistryError(
-            f"{layer.title or 'a layer'} of {ref} came back as {digest} ({size} bytes), not {layer.digest} ({layer.size} bytes)",
-            "the registry's copy is damaged or was replaced; push it again",
-        )
+        raise registry_errors.corrupt(f"{layer.title or 'a layer'} of {ref}",
+                                      f"it came back as {digest} ({size} bytes), not {layer.digest} ({layer.size} bytes)")
 
 
 def _safe_name(layer: Descriptor) -> str:

@@ -24,10 +24,14 @@ import tenacity
 from ..core import credentials, process
 from ..core.errors import NO_SPACE_HINT, CommandFailed, DiskFull, RegistryError, RegistryUnreachable
 from ..core.refs import is_loopback
+from . import registry
 
 log = logging.getLogger(__name__)
 
 POLICY = Path(__file__).resolve().parents[2] / "images" / "policy.json"
+
+# skopeo --debug lines, parsed but never shown.
+_DEBUG = re.compile(r'^time="[^"]*" level=debug ')
 
 T = TypeVar("T")
 
@@ -119,20 +123,23 @@ def tls_flags(option: str, name: str, insecure: bool) -> list[str]:
 def auth_file(registries: list[str]) -> Iterator[list[str]]:
     """Auth-file options for skopeo.
 
-    With REGISTRY_USERNAME and REGISTRY_PASSWORD set, they are written to a
-    private temporary file for the duration of the copy; otherwise skopeo
-    reads the usual files (containers auth.json, then ~/.docker/config.json).
+    The credentials ci.core.credentials gives for `registries` are written to
+    a private temporary file for the duration of the copy; without any,
+    skopeo reads the usual files (containers auth.json, then ~/.docker/config.json).
     """
-    found = credentials.from_environment()
-    if not (found and registries):
+    found = {r: c for r in registries if (c := credentials.for_registry(r))}
+    if not found:
         yield []
         return
-    token = base64.b64encode(f"{found.username}:{found.password}".encode()).decode()
     with tempfile.TemporaryDirectory(prefix="nix-ci-auth-") as directory:
         path = Path(directory) / "auth.json"
         path.touch(mode=0o600)
-        path.write_text(json.dumps({"auths": {r: {"auth": token} for r in registries}}))
+        path.write_text(json.dumps({"auths": {r: {"auth": _token(c)} for r, c in found.items()}}))
         yield [f"--authfile={path}"]
+
+
+def _token(found: credentials.Credentials) -> str:
+    return base64.b64encode(f"{found.username}:{found.password}".encode()).decode()
 
 
 def copy(source: str, destination: str, *, insecure: bool = False,
@@ -219,50 +226,15 @@ def _inspect(name: str, insecure: bool, *options: str) -> str:
 
 
 def _explain(exc: CommandFailed, name: str) -> Exception:
-    """Turn skopeo's messages into the one line a user needs.
+    """Turn skopeo's messages into the one line a user needs (see ci.tools.registry).
 
     Only what skopeo says without --debug counts: its debug lines tell of
     steps that went fine (an HTTPS ping answered in HTTP, a 401 before the
     credentials were sent), not of why it failed.
     """
     text = "".join(line for line in exc.output.splitlines(keepends=True) if not _DEBUG.match(line))
-    registry = registry_of(name)
-    where = registry or name
     full = re.search(r"(/[^\s:\"]+)?: no space left on device", text, re.I)
     if full:
         return DiskFull(f"no space left on device{f' writing {full[1]}' if full[1] else ''}", NO_SPACE_HINT)
-    if re.search(r"unauthorized|authentication required|invalid username/password|denied", text, re.I):
-        return RegistryError(
-            f"the registry {where} refused the credentials",
-            f"log in with `skopeo login {where}` or set {credentials.USERNAME_VARIABLE} and {credentials.PASSWORD_VARIABLE}",
-        )
-    if _UNREACHABLE.search(text) or _DROPPED.search(text):
-        return RegistryUnreachable(
-            f"the registry {where} does not answer",
-            "check that it is running and that the host and port are right",
-        )
-    if re.search(r"no such host", text, re.I):  # a misspelt name, most likely: not tried again
-        return RegistryError(f"the registry {where} does not answer (no such host)", "check the host name")
-    if re.search(r"http: server gave HTTP response to HTTPS client", text):
-        return RegistryError(f"the registry {where} speaks plain HTTP", "use HTTPS, or pass --insecure if you trust it")
-    if re.search(r"x509|certificate", text):
-        return RegistryError(
-            f"the registry {where} has a certificate that cannot be verified",
-            "install its CA certificate, or pass --insecure if you trust it",
-        )
-    if re.search(r"manifest unknown|name unknown|not found", text, re.I):
-        return RegistryError(f"{name} does not exist", "check the name and tag")
-    return CommandFailed(exc.message, argv=exc.argv, exit_code=exc.returncode, output=text)
-
-
-# skopeo --debug lines, parsed but never shown.
-_DEBUG = re.compile(r'^time="[^"]*" level=debug ')
-
-# A registry that is down, or went away in the middle of a request.
-_UNREACHABLE = re.compile(
-    r"connection refused|connection reset|broken pipe|use of closed network connection|i/o timeout|network is unreachable",
-    re.I,
-)
-
-# A registry that died mid-request: Go's HTTP client says only EOF.
-_DROPPED = re.compile(r'(?:Get|Head|Post|Put|Patch|Delete) \\?"https?://[^"]*\\?": (?:unexpected )?EOF')
+    explained = registry.from_text(text, registry=registry_of(name) or name, name=name)
+    return explained or CommandFailed(exc.message, argv=exc.argv, exit_code=exc.returncode, output=text)

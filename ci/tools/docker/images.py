@@ -4,7 +4,6 @@ load, pull, and the rewrite of a build's config (normalised)."""
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -18,14 +17,14 @@ import docker.utils
 
 from ...core.credentials import Credentials
 from ...core.errors import (
+    BadReference,
     BuildFailed,
     ImageNotFound,
-    IntegrityError,
-    NetworkUnavailable,
     RegistryError,
     ToolkitError,
-    looks_offline,
 )
+from ...core.refs import parse_image_ref
+from .. import registry
 from . import archive
 from .client import _api_error, _timestamp, client
 
@@ -186,12 +185,14 @@ def import_rootfs(tarball: str, repository: str, tag_: str, changes: list[str]) 
     return require_image(f"{repository}:{tag_}", "docker import reported success but the image is missing")
 
 
-def pull(ref: str, auth: Credentials | None = None) -> Image:
+def pull(ref: str, credentials: Credentials | None = None) -> Image:
     """Pull `ref`, logging progress.
 
-    NetworkUnavailable without network, RegistryError when the registry does
-    not answer, refuses, or lacks the image, IntegrityError when what it
-    sends does not match its digests.
+    `credentials` come from ci.core.credentials, for the registry of `ref`;
+    without them the engine reads ~/.docker/config.json. Failures are
+    explained by ci.tools.registry: NetworkUnavailable without network,
+    RegistryError when the registry does not answer, refuses, or lacks the
+    image, IntegrityError when what it sends does not match its digests.
     """
     repository, tag_ = ref, None
     if "@" not in ref:
@@ -199,7 +200,8 @@ def pull(ref: str, auth: Credentials | None = None) -> Image:
         repository, tag_ = (name, maybe_tag) if sep and "/" not in maybe_tag else (ref, "latest")
     try:
         for chunk in client().api.pull(repository, tag=tag_, stream=True, decode=True,
-                                       auth_config={"username": auth.username, "password": auth.password} if auth else None):
+                                       auth_config={"username": credentials.username, "password": credentials.password}
+                                       if credentials else None):
             if "error" in chunk:
                 raise _pull_error(ref, chunk["error"])
             if chunk.get("status") and not chunk.get("progressDetail"):
@@ -210,17 +212,10 @@ def pull(ref: str, auth: Credentials | None = None) -> Image:
 
 
 def _pull_error(ref: str, text: str) -> ToolkitError:
-    registry = ref.split("/", 1)[0]
-    if re.search(r"verification failed|digest mismatch|did not match|unexpected EOF|invalid tar header", text, re.I):
-        return IntegrityError(f"{ref} is corrupt: the registry sent data that does not match its digest",
-                              "push the image again, or check the registry's storage")
-    if re.search(r"unauthorized|authentication required|denied", text, re.I):
-        return RegistryError(f"the registry {registry} refused the credentials for {ref}",
-                             "log in (docker login) or set REGISTRY_USERNAME and REGISTRY_PASSWORD")
-    if re.search(r"manifest unknown|not found|does not exist", text, re.I):
-        return RegistryError(f"{ref} does not exist", "check the name and tag, or push it first")
-    if re.search(r"connection refused|connection reset", text, re.I):
-        return RegistryError(f"the registry {registry} does not answer", "check that it runs, and the host and port")
-    if looks_offline(text):
-        return NetworkUnavailable(f"cannot pull {ref}: the registry cannot be reached (no network?)")
-    return RegistryError(f"cannot pull {ref}: {text.strip().splitlines()[0][:200]}")
+    # The engine pulls the pinned public builder image too: a host it cannot look up means no network.
+    try:
+        host = parse_image_ref(ref).registry or "docker.io"
+    except BadReference:
+        host = ref.split("/", 1)[0]
+    return (registry.from_text(text, registry=host, name=ref, unknown_host_is_offline=True)
+            or RegistryError(f"cannot pull {ref}: {text.strip().splitlines()[0][:200]}"))
