@@ -99,9 +99,9 @@ def verify_reproducible(c, complete=False):
 @report_errors
 def run_web(c, port=None):
     """Start web:latest on 127.0.0.1:9000 and return once it answers HTTP."""
-    from ci import run
+    from ci import containers
 
-    running = run.run_web(f"{c.web.name}:latest", name=c.web.container, host=c.web.host,
+    running = containers.run_web(f"{c.web.name}:latest", name=c.web.container, host=c.web.host,
                           port=int(port or c.web.port), container_port=c.web.container_port,
                           timeout=c.web.timeout)
     say(running.url)
@@ -111,9 +111,9 @@ def run_web(c, port=None):
 @report_errors
 def stop_web(c):
     """Stop and remove the web container started by run-web."""
-    from ci import run
+    from ci import containers
 
-    say("stopped" if run.stop_web(c.web.container) else "not running")
+    say("stopped" if containers.stop_web(c.web.container) else "not running")
 
 
 def _runner(c, name, publish=None):

@@ -23,10 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+from .core.credentials import PASSWORD_VARIABLE
 from .core.errors import ConfigError
+from .core.files import human_size
 
 # Environment variables whose values must never be written out.
-SECRET_VARIABLES = ("REGISTRY_PASSWORD", "GITHUB_TOKEN", "ACTIONS_RUNTIME_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_TOKEN")
+SECRET_VARIABLES = (PASSWORD_VARIABLE, "GITHUB_TOKEN", "ACTIONS_RUNTIME_TOKEN", "ACTIONS_ID_TOKEN_REQUEST_TOKEN")
 
 _USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
 
@@ -183,14 +185,7 @@ def _row(record: ImageRecord) -> str:
 
 
 def _size(value: int | None) -> str:
-    if value is None:
-        return "–"
-    amount = float(value)
-    for unit in ("B", "KB", "MB"):
-        if amount < 1000:
-            return f"{amount:.0f} {unit}" if unit == "B" else f"{amount:.1f} {unit}"
-        amount /= 1000
-    return f"{amount:.1f} GB"
+    return "–" if value is None else human_size(value)
 
 
 def _number(value: int | None) -> str:

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import run
+from . import containers
 from .core import process
 from .core.errors import BuildFailed, CommandFailed, ConfigError, ToolkitError, ToolMissing
-from .tools import docker
+from .tools import docker, nix
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ NO_HOST_NIX = "install Nix on this machine (apt-get install nix-bin), or start i
 
 
 @dataclass(frozen=True)
-class Runner:
+class StartEntry:
     """One entry of the `start` configuration."""
 
     name: str
@@ -45,14 +45,8 @@ class Runner:
     timeout: float  # seconds to wait for every port to answer
 
 
-@dataclass(frozen=True)
-class Started:
-    container: str
-    urls: tuple[str, ...]
-
-
 def entry(name: str, settings: Mapping[str, Any] | None, *, known: list[str], images: str,
-          publish: list[str] | None = None) -> Runner:
+          publish: list[str] | None = None) -> StartEntry:
     """The runner `name` from its settings (a `start` entry); `images` is the default images
     file, `publish` (HOST:CONTAINER) replaces the configured ports."""
     if not settings:
@@ -60,7 +54,7 @@ def entry(name: str, settings: Mapping[str, Any] | None, *, known: list[str], im
     missing = [key for key in ("file", "ports") if settings.get(key) is None]
     if missing:
         raise ConfigError(f"the runner {name} has no {' nor '.join(missing)}", f"set start.{name}.{missing[0]} in invoke.yaml")
-    return Runner(
+    return StartEntry(
         name=name,
         file=settings["file"],
         attr=settings.get("attr") or None,
@@ -84,7 +78,7 @@ def parse_ports(specs: list[str] | tuple[str, ...], what: str) -> tuple[tuple[in
     return tuple(pairs)
 
 
-def build_runner(root: Path, entry: Runner, pkgs: str) -> Path:
+def build_runner(root: Path, entry: StartEntry, pkgs: str) -> Path:
     """nix-build the runner on this machine; its store path (a GC root under build/runners)."""
     expression = root / entry.file
     if not expression.exists():
@@ -103,8 +97,7 @@ def build_runner(root: Path, entry: Runner, pkgs: str) -> Path:
         raise ToolMissing(f"starting {entry.name} in the foreground needs Nix on this machine: {exc.message}",
                           NO_HOST_NIX) from None
     except CommandFailed as exc:
-        errors = re.findall(r"^error:\s*(.+)$", exc.output, re.M)
-        reason = errors[0].strip() if errors else exc.message
+        reason = nix.first_error(exc.output) or exc.message
         raise BuildFailed(f"nix-build {described} failed: {reason}",
                           f"fix {entry.file}; the end of the Nix log is above", details=exc.details) from None
     path = Path(built.output.strip().splitlines()[-1])
@@ -127,26 +120,14 @@ def run_foreground(name: str, path: Path, args: list[str]) -> None:
         raise ToolkitError(f"the runner {name} {how}", "its output is above")
 
 
-def start_container(entry: Runner, image: str) -> Started:
+def start_container(entry: StartEntry, image: str) -> containers.Started:
     """Start `image` as the runner's container; return once each published port answers HTTP."""
-    docker.require_image(image, f"build it first: invoke start {entry.name} --container")
-    if docker.container_state(entry.container) is not None:
-        raise ToolkitError(f"a container named {entry.container} already exists",
-                           f"stop it with `invoke stop {entry.name}` first")
-    for outside, inside in entry.ports:
-        run.check_port_free(entry.host, outside, f"stop what uses it, or publish elsewhere: --publish OTHER:{inside}")
-    ports = {f"{inside}/tcp": (entry.host, outside) for outside, inside in entry.ports}
-    docker.run_detached(image, name=entry.container, ports=ports)
-    urls = tuple(f"http://{entry.host}:{outside}/" for outside, _ in entry.ports)
-    try:
-        for url in urls:
-            run.wait_for_http(url, entry.container, entry.timeout,
-                              hint="its log is above; check the ports it listens on (start.NAME.ports)")
-    except BaseException:
-        docker.remove_container(entry.container, timeout=1)
-        raise
-    log.info("%s answers on %s", entry.container, " ".join(urls))
-    return Started(entry.container, urls)
+    return containers.start(image, name=entry.container, host=entry.host, ports=entry.ports, timeout=entry.timeout,
+                            hints=containers.Hints(
+                                no_image=f"build it first: invoke start {entry.name} --container",
+                                exists=f"stop it with `invoke stop {entry.name}` first",
+                                port_taken="stop what uses it, or publish elsewhere: --publish OTHER:{inside}",
+                                no_answer="its log is above; check the ports it listens on (start.NAME.ports)"))
 
 
 @dataclass(frozen=True)

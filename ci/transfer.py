@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core.errors import ConfigError, naming_full_disk
+from .core.files import human_size, writable_directory
 from .core.refs import Destination, check_tag, parse_destination
 from .project import IDENTITY_PREFIX
 from .tools import docker, skopeo, umoci
@@ -74,7 +75,8 @@ def push(image: str, targets: list[str], *, insecure: bool = False) -> list[Push
                         sum(sizes.get(b, 0) for b in copied.uploaded), sum(sizes.get(b, 0) for b in copied.skipped))
         if copied.uploaded or copied.skipped:
             log.info("uploaded %s in %d layers; %s in %d layers were already there",
-                     _size(pushed.bytes_uploaded), len(copied.uploaded), _size(pushed.bytes_skipped), len(copied.skipped))
+                     human_size(pushed.bytes_uploaded), len(copied.uploaded),
+                     human_size(pushed.bytes_skipped), len(copied.skipped))
         results.append(pushed)
         first = first or destination.skopeo_name()
     return results
@@ -97,10 +99,6 @@ def _expand(target: str, tags: list[str]) -> list[Destination]:
     return [Destination("docker", str(destination.image.with_tag(tag))) for tag in tags]
 
 
-def _size(count: int) -> str:
-    return f"{count / 1e6:.1f} MB" if count >= 1e5 else f"{count / 1e3:.1f} kB"
-
-
 def extract(image: str, target: str) -> Destination:
     """Write the local `image` to docker-archive:FILE, oci:DIR[:TAG] or rootfs:DIR.
 
@@ -114,10 +112,7 @@ def extract(image: str, target: str) -> Destination:
     path = Path(destination.target).absolute()
     if destination.transport in ("docker-archive", "rootfs") and path.exists():
         raise ConfigError(f"{path} already exists", "remove it or choose another path")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot write under {path.parent}: {exc.strerror}", "choose a writable directory") from None
+    writable_directory(path.parent)
     source = f"docker-daemon:{image}"
     with naming_full_disk(path.parent), tempfile.TemporaryDirectory(prefix=".extract-", dir=path.parent) as work:
         if destination.transport == "docker-archive":

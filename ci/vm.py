@@ -9,21 +9,21 @@ before anything runs.
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import cidata
+from .builder import BUILDER_HINT, OFFLINE_HINT, inputs_tar
+from .containers import check_port_free
 from .core.errors import BuildFailed, CommandFailed, ConfigError, ImageNotFound, ToolkitError
-from .run import check_port_free
+from .core.files import writable_directory
 from .tools import docker, nix, oras, qemu
 from .tools.docker import archive
 
@@ -149,12 +149,9 @@ def build_vm(root: Path, *, builder: str, expression: str, pkgs: str, vm_setting
         if not (root / relative).exists():
             raise ConfigError(f"the {what} {relative} does not exist under {root}",
                               f"set vm.{'expression' if what == 'VM expression' else 'pkgs'} to a path of the project")
-    docker.require_image(builder, "build it with `invoke build-base` (offline: `invoke build-base --from-debian`)")
+    docker.require_image(builder, BUILDER_HINT)
     output = output.absolute()
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot write under {output.parent}: {exc.strerror}", "choose a writable directory") from None
+    writable_directory(output.parent)
     command = [
         "nix-build", f"{BUILD_DIR}/{expression}", "-A", "image", "--no-out-link",
         "--arg", "pkgs", f"import {BUILD_DIR}/{pkgs} {{ }}",
@@ -164,16 +161,16 @@ def build_vm(root: Path, *, builder: str, expression: str, pkgs: str, vm_setting
         "--option", "system-features", "kvm nixos-test benchmark big-parallel",
     ]
     log.info("building %s in %s (%s)", expression, builder, accel.reason)
-    inputs = _inputs_tar(root, [expression, pkgs], vm_settings)
-    with docker.one_off_container(builder, command, files=inputs,
+    inputs = inputs_tar(root, [expression, pkgs], under=BUILD_DIR,
+                        files={f"{BUILD_DIR}/settings.json": vm_settings.to_json().encode()})
+    with docker.one_off_container(builder, command, files=inputs, no_image=BUILDER_HINT,
                                   devices=[str(qemu.KVM_DEVICE)] if accel.kvm else []) as container:
         finished = container.run(lambda line: log.info("%s", line))
         if finished.status != 0:
             raise nix.build_error(f"the Nix build of {expression}", finished.stderr_tail, fallback=f"exit {finished.status}",
                                   offline=f"the VM build needs sources that are not in the builder's store "
                                           f"({pkgs} or a package): no network",
-                                  offline_hint="build the builder with network access (`invoke build-base`), "
-                                               "or use a builder whose store holds them")
+                                  offline_hint=OFFLINE_HINT)
         store_path = _store_path(finished.stdout)
         with tempfile.TemporaryDirectory(prefix=".build-vm-", dir=output.parent) as work:
             partial = _extract_qcow2(container.copy_out(store_path), Path(work), store_path)
@@ -185,20 +182,6 @@ def build_vm(root: Path, *, builder: str, expression: str, pkgs: str, vm_setting
             os.chmod(partial, 0o644)
             os.replace(partial, output)
     return BuiltDisk(output, output.stat().st_size, info.virtual_size, store_path, accel.kvm)
-
-
-def _inputs_tar(root: Path, paths: list[str], vm_settings: VmSettings) -> bytes:
-    """The directories holding `paths` (relative to `root`) and settings.json, under BUILD_DIR."""
-    buffer = io.BytesIO()
-    folders = sorted({str(Path(p).parent if (root / p).is_file() else Path(p)) for p in paths})
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for folder in folders:
-            archive.add(root / folder, arcname=f"{BUILD_DIR.lstrip('/')}/{folder}")
-        data = vm_settings.to_json().encode()
-        entry = tarfile.TarInfo(f"{BUILD_DIR.lstrip('/')}/settings.json")
-        entry.size, entry.mode = len(data), 0o600
-        archive.addfile(entry, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def _store_path(stdout: str) -> str:

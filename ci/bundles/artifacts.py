@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import ConfigError, IntegrityError
+from ..core.files import writable_directory
 from ..tools import oras
 from .contents import CacheContents, cache_directory, inspect_bundle
 
@@ -86,7 +87,7 @@ def _pull_bundle(artifact: oras.Artifact, target: Path, insecure: bool) -> Pulle
     if len(artifact.layers) != 1 or not layers:
         raise IntegrityError(f"{artifact.pinned} is not a well-formed bundle artifact (one {BUNDLE_MEDIA_TYPE} layer)",
                              "push the bundle again with `invoke cache-push`")
-    _writable(target.parent)
+    writable_directory(target.parent)
     if target.is_dir():
         raise ConfigError(f"{target} is a directory", "give the file to write the bundle to")
     with tempfile.TemporaryDirectory(prefix=".cache-pull-", dir=target.parent) as work:
@@ -103,7 +104,7 @@ def _pull_cache(artifact: oras.Artifact, target: Path, insecure: bool) -> Pulled
     if strange:
         raise IntegrityError(f"{artifact.pinned} has a layer of type {strange[0]}, which binary caches do not have",
                              "push the cache again with `invoke cache-push --cache DIR`")
-    _writable(target.parent)
+    writable_directory(target.parent)
     if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or (target / "nix-cache-info").exists())):
         raise ConfigError(f"{target} exists and is not a binary cache", "give a new directory, or an old cache to replace")
     with tempfile.TemporaryDirectory(prefix=".cache-pull-", dir=target.parent) as work:
@@ -124,10 +125,3 @@ def _pull_cache(artifact: oras.Artifact, target: Path, insecure: bool) -> Pulled
                 os.replace(old, target)  # the cache that was there stays
             raise
     return PulledCache("cache", target, artifact, contents)
-
-
-def _writable(directory: Path) -> None:
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot write under {directory}: {exc.strerror}", "choose a writable directory") from None

@@ -60,7 +60,7 @@ def generate_key(*, builder: str, name: str, secret: Path, public: Path, force: 
     docker.require_image(builder, BUILDER_HINT)
     files = _tar({"keys/": None})
     command = ["nix-store", "--generate-binary-cache-key", name, "/keys/secret", "/keys/public"]
-    with docker.one_off_container(builder, command, files=files) as container:
+    with docker.one_off_container(builder, command, files=files, no_image=BUILDER_HINT) as container:
         finished = container.run(lambda line: log.debug("%s", line))
         if finished.status != 0:
             raise BuildFailed(f"nix-store --generate-binary-cache-key failed in {builder} (exit {finished.status})",

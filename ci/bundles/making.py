@@ -5,7 +5,6 @@ into the container as a file, never on a command line or in a log."""
 
 from __future__ import annotations
 
-import io
 import logging
 import os
 import shutil
@@ -14,8 +13,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from ..builder import BUILDER_HINT
+from ..builder import BUILDER_HINT, OFFLINE_HINT, inputs_tar
 from ..core.errors import BuildFailed, ConfigError, naming_full_disk
+from ..core.files import writable_directory
 from ..tools import docker, nix
 from ..tools.docker import archive
 from .contents import BundleInfo, inspect_bundle
@@ -48,20 +48,17 @@ def make_bundle(root: Path, *, builder: str, expression: str, attr: str, pkgs: s
     secret = read_secret_key(secret_key)
     docker.require_image(builder, BUILDER_HINT)
     output = output.absolute()
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot write under {output.parent}: {exc.strerror}", "choose a writable directory") from None
+    writable_directory(output.parent)
     command = ["/bin/sh", f"{INPUT_DIR}/make-bundle.sh", f"{BUILD_DIR}/{expression}", attr, f"{BUILD_DIR}/{pkgs}",
                compression]
     log.info("building %s -A %s in %s, signing with %s", expression, attr, builder, secret_key)
-    with docker.one_off_container(builder, command, files=_inputs_tar(root, [expression, pkgs], secret)) as container:
+    with docker.one_off_container(builder, command, files=_inputs(root, [expression, pkgs], secret),
+                                  no_image=BUILDER_HINT) as container:
         finished = container.run(lambda line: log.info("%s", line))
         if finished.status != 0:
             raise nix.build_error(f"bundling {expression} -A {attr}", finished.stderr_tail, fallback=f"exit {finished.status}",
                                   offline=f"building {expression} needs sources that are not in the builder's store: no network",
-                                  offline_hint="build the builder with network access (`invoke build-base`), "
-                                               "or use a builder whose store holds them")
+                                  offline_hint=OFFLINE_HINT)
         with naming_full_disk(output.parent), tempfile.TemporaryDirectory(prefix=".bundle-", dir=output.parent) as work:
             tree, target = _unpack(container.copy_out(OUTPUT_DIR), Path(work) / "tree")
             partial = Path(work) / "closure.tar"
@@ -72,18 +69,11 @@ def make_bundle(root: Path, *, builder: str, expression: str, attr: str, pkgs: s
     return BundleInfo(output, info.size, info.store_path, info.cache)
 
 
-def _inputs_tar(root: Path, paths: list[str], secret: bytes) -> bytes:
+def _inputs(root: Path, paths: list[str], secret: bytes) -> bytes:
     """The folders holding `paths` under BUILD_DIR, the bundle script and the secret key (0600) under INPUT_DIR."""
-    folders = sorted({str(Path(p).parent if (root / p).is_file() else Path(p)) for p in paths})
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
-        for folder in folders:
-            archive.add(root / folder, arcname=f"{BUILD_DIR.lstrip('/')}/{folder}", filter=_no_results)
-        archive.add(SCRIPTS / "make-bundle.sh", arcname=f"{INPUT_DIR.lstrip('/')}/make-bundle.sh")
-        entry = tarfile.TarInfo(f"{INPUT_DIR.lstrip('/')}/secret-key")
-        entry.size, entry.mode = len(secret), 0o600
-        archive.addfile(entry, io.BytesIO(secret))
-    return buffer.getvalue()
+    return inputs_tar(root, paths, under=BUILD_DIR, leave_out=_no_results,
+                      copies={f"{INPUT_DIR}/make-bundle.sh": SCRIPTS / "make-bundle.sh"},
+                      files={f"{INPUT_DIR}/secret-key": secret})
 
 
 def _no_results(member: tarfile.TarInfo) -> tarfile.TarInfo | None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import ConfigError, IntegrityError, NetworkUnavailable, RegistryError
+from ..core.files import human_size
 from .artifacts import BUNDLE_TITLE, pull
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,6 @@ def substituter(reference: str | None, keys: tuple[str, ...], *, insecure: bool 
                                    filter="data")
             pulled.path.unlink()
         signers = ", ".join(pulled.contents.signers) or "nobody"
-        log.info("using the substituter %s (%d paths, %.1f MB, signed by %s)", reference, len(pulled.contents.narinfos),
-                 pulled.contents.nar_bytes / 1e6, signers)
+        log.info("using the substituter %s (%d paths, %s, signed by %s)", reference, len(pulled.contents.narinfos),
+                 human_size(pulled.contents.nar_bytes), signers)
         yield Substituter(reference, directory, keys)

@@ -38,6 +38,7 @@ import requests
 
 from ..core import credentials
 from ..core.errors import ConfigError, RegistryError, ToolkitError
+from ..core.files import human_size, writable_directory
 from ..core.refs import ImageRef, is_loopback, parse_image_ref
 from . import registry as registry_errors
 
@@ -117,7 +118,7 @@ def push(reference: str, blobs: Sequence[Blob], *, artifact_type: str,
     with _registry(ref, insecure) as (registry, container):
         for blob in blobs:
             layer = describe(blob)
-            log.info("uploading %s (%s, %s)", blob.path, layer.media_type, _human(layer.size))
+            log.info("uploading %s (%s, %s)", blob.path, layer.media_type, human_size(layer.size))
             _upload(registry, container, ref, blob.path, layer)
             layers.append(layer)
         config = Descriptor(EMPTY_MEDIA_TYPE, _sha256_bytes(EMPTY_CONFIG), len(EMPTY_CONFIG))
@@ -183,17 +184,14 @@ def pull(reference: str, directory: Path, *, insecure: bool = False) -> PulledFi
     """
     ref = parse_image_ref(reference, need_registry=True)
     directory = directory.absolute()
-    try:
-        directory.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(f"cannot write under {directory}: {exc.strerror}", "choose a writable directory") from None
+    writable_directory(directory)
     with _registry(ref, insecure) as (registry, container):
         artifact = _fetch_manifest(registry, container, ref)
         names = [_safe_name(layer) for layer in artifact.layers]
         with tempfile.TemporaryDirectory(prefix=".pull-", dir=directory) as work:
             partials = []
             for layer, name in zip(artifact.layers, names, strict=True):
-                log.info("downloading %s (%s, %s)", name, layer.media_type, _human(layer.size))
+                log.info("downloading %s (%s, %s)", name, layer.media_type, human_size(layer.size))
                 partial = Path(work) / name
                 _download(registry, container, ref, layer, partial)
                 partials.append(partial)
@@ -362,11 +360,3 @@ def _sha256_bytes(data: bytes) -> str:
 def _sha256_file(path: Path) -> str:
     with open(path, "rb") as stream:
         return hashlib.file_digest(stream, "sha256").hexdigest()
-
-
-def _human(size: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size} B"

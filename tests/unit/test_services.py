@@ -20,7 +20,7 @@ SERVICES = {
 
 def test_an_entry_reads_every_setting():
     entry = services.entry("services", SERVICES, known=["services"], images="nix/images.nix")
-    assert entry == services.Runner("services", "nix/services.nix", "services-run", "nix/services.nix", "services",
+    assert entry == services.StartEntry("services", "nix/services.nix", "services-run", "nix/services.nix", "services",
                                     ((9080, 8080), (9081, 8081)), "services", "127.0.0.1", 30.0)
 
 

@@ -26,7 +26,9 @@ from .client import BUILD_TAIL, LABEL, _api_error, _quietly, client
 log = logging.getLogger(__name__)
 
 
-def run_detached(image: str, *, name: str, ports: Mapping[str, tuple[str, int]]) -> str:
+def run_detached(image: str, *, name: str, ports: Mapping[str, tuple[str, int]], no_image: str = "") -> str:
+    """Create and start container `name` of `image`, `ports` published; its ID.
+    `no_image` hints what to do when the image is missing."""
     try:
         container = client().api.create_container(
             image,
@@ -36,7 +38,7 @@ def run_detached(image: str, *, name: str, ports: Mapping[str, tuple[str, int]])
             host_config=client().api.create_host_config(port_bindings=dict(ports)),
         )["Id"]
     except docker.errors.ImageNotFound:
-        raise ImageNotFound(f"image {image} is not in the local Docker engine", "build it first: invoke build-web") from None
+        raise ImageNotFound(f"image {image} is not in the local Docker engine", no_image) from None
     except docker.errors.APIError as exc:
         raise _api_error(exc, f"cannot create container {name}") from None
     try:
@@ -144,9 +146,10 @@ class OneOffContainer:
 
 @contextmanager
 def one_off_container(image: str, command: list[str], *, files: bytes | None = None,
-                      devices: Sequence[str] = ()) -> Iterator[OneOffContainer]:
+                      devices: Sequence[str] = (), no_image: str = "") -> Iterator[OneOffContainer]:
     """A container of `image` for `command`, with the tar archive `files` unpacked
-    at / and the host `devices` passed in; removed on leaving, whatever happened."""
+    at / and the host `devices` passed in; removed on leaving, whatever happened.
+    `no_image` hints what to do when the image is missing."""
     api = client().api
     container = f"nix-ci-one-off-{uuid.uuid4().hex[:16]}"
     try:
@@ -156,8 +159,7 @@ def one_off_container(image: str, command: list[str], *, files: bytes | None = N
                 host_config=api.create_host_config(devices=[f"{d}:{d}:rwm" for d in devices]),
             )
     except docker.errors.ImageNotFound:
-        raise ImageNotFound(f"image {image} is not in the local Docker engine",
-                            "build it with `invoke build-base` (offline: add --from-debian)") from None
+        raise ImageNotFound(f"image {image} is not in the local Docker engine", no_image) from None
     except docker.errors.APIError as exc:
         raise _api_error(exc, f"cannot create a container of {image}") from None
     except KeyboardInterrupt:

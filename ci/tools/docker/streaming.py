@@ -28,6 +28,7 @@ from ...core.errors import (
     BuildFailed,
     ToolkitError,
 )
+from ...core.files import human_size
 from . import archive
 from .build import _log_build_line
 from .client import BUILD_TAIL, LABEL, _api_error, _quietly, client
@@ -92,8 +93,8 @@ def stream_into_load(image: str, command: list[str], *, known_chains: set[str], 
                         raise exited(status) from None
                 _quietly(lambda: api.kill(container))  # nobody reads its output any more: never wait for it
                 raise failure from None
-            log.info("loaded %.1f MB into the engine; %d layers (%.1f MB) it has already were left out",
-                     forwarding.bytes_kept / 1e6, forwarding.layers_dropped, forwarding.bytes_dropped / 1e6)
+            log.info("loaded %s into the engine; %d layers (%s) it has already were left out",
+                     human_size(forwarding.bytes_kept), forwarding.layers_dropped, human_size(forwarding.bytes_dropped))
             return require_image(tag, "docker load reported success but the image is missing")
         except docker.errors.APIError as exc:
             raise _api_error(exc, "loading the image into Docker failed") from None

@@ -1,4 +1,6 @@
-"""Running the web image locally: start it, wait until it answers, stop it."""
+"""Images run as containers on this machine, their ports published: start one
+and return once every port answers HTTP; stop it. run-web and
+`start --container` both start theirs here, each with its own hints."""
 
 from __future__ import annotations
 
@@ -17,10 +19,27 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Running:
-    container: str
-    url: str
-    status: int  # the HTTP status of the first answer
+class Started:
+    container: str  # its name
+    urls: tuple[str, ...]  # one per published port, each answered HTTP
+
+
+@dataclass(frozen=True)
+class Hints:
+    """What to tell the user, in the words of the task that starts the container."""
+
+    no_image: str  # the image is not built
+    exists: str  # a container of that name exists already
+    port_taken: str  # a host port is taken; {inside} is the container's port
+    no_answer: str  # it runs but does not answer in time
+
+
+WEB_HINTS = Hints(
+    no_image="build it first: invoke build-web",
+    exists="stop it with `invoke stop-web` first",
+    port_taken="stop what uses it (`invoke stop-web` if it is the web container) or pass --port",
+    no_answer="its log is above; check the port the image listens on (web.container_port)",
+)
 
 
 def check_port_free(host: str, port: int,
@@ -39,22 +58,31 @@ def check_port_free(host: str, port: int,
             raise PortInUse(f"port {port} on {host} is already taken", hint) from None
 
 
-def run_web(image: str, *, name: str, host: str, port: int, container_port: int, timeout: float) -> Running:
-    """Start `image` as container `name`, published on host:port; return once it answers HTTP."""
-    docker.require_image(image, "build it first: invoke build-web")
+def start(image: str, *, name: str, host: str, ports: tuple[tuple[int, int], ...], timeout: float,
+          hints: Hints) -> Started:
+    """Start `image` as container `name`, each (host port, container port) of `ports` published
+    on `host`; return once each answers HTTP. Removed again if it does not."""
+    docker.require_image(image, hints.no_image)
     if docker.container_state(name) is not None:
-        raise ToolkitError(f"a container named {name} already exists", "stop it with `invoke stop-web` first")
-    check_port_free(host, port)
-    container = docker.run_detached(image, name=name, ports={f"{container_port}/tcp": (host, port)})
-    url = f"http://{host}:{port}/"
+        raise ToolkitError(f"a container named {name} already exists", hints.exists)
+    for outside, inside in ports:
+        check_port_free(host, outside, hints.port_taken.format(inside=inside))
+    docker.run_detached(image, name=name, ports={f"{inside}/tcp": (host, outside) for outside, inside in ports},
+                        no_image=hints.no_image)
+    urls = tuple(f"http://{host}:{outside}/" for outside, _ in ports)
     try:
-        status = wait_for_http(url, name, timeout,
-                               hint="its log is above; check the port the image listens on (web.container_port)")
+        for url in urls:
+            wait_for_http(url, name, timeout, hint=hints.no_answer)
     except BaseException:
         docker.remove_container(name, timeout=1)
         raise
-    log.info("%s answers on %s", name, url)
-    return Running(container, url, status)
+    log.info("%s answers on %s", name, " ".join(urls))
+    return Started(name, urls)
+
+
+def run_web(image: str, *, name: str, host: str, port: int, container_port: int, timeout: float) -> Started:
+    """Start the web image as container `name`, published on host:port; return once it answers HTTP."""
+    return start(image, name=name, host=host, ports=((port, container_port),), timeout=timeout, hints=WEB_HINTS)
 
 
 def wait_for_http(url: str, name: str, timeout: float, *, hint: str) -> int:
