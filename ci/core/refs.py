@@ -24,7 +24,13 @@ _REFERENCE = re.compile(
 )
 TAG_PATTERN = re.compile(rf"^{_TAG}$")
 
-DOCKER_HUB = "docker.io"
+# How each destination is written, for the message that lists the allowed ones.
+_FORMS = {
+    "docker": "docker://REGISTRY/NAME[:TAG]",
+    "oci": "oci:DIR[:TAG]",
+    "docker-archive": "docker-archive:FILE.tar",
+    "rootfs": "rootfs:DIR",
+}
 
 
 @dataclass(frozen=True)
@@ -119,9 +125,6 @@ class Destination:
         return self.skopeo_name() if self.transport != "rootfs" else f"rootfs:{self.target}"
 
 
-TRANSPORTS = ("docker://", "oci:", "docker-archive:", "rootfs:")
-
-
 def parse_destination(text: str, *, allowed: tuple[str, ...], default_tag: str | None) -> Destination:
     """Parse docker://REF, oci:DIR[:TAG], docker-archive:FILE or rootfs:DIR.
 
@@ -145,11 +148,3 @@ def parse_destination(text: str, *, allowed: tuple[str, ...], default_tag: str |
         path, _, tag = rest.partition(":")
         return Destination("oci", path, check_tag(tag or default_tag or "latest"))
     return Destination(transport, rest)
-
-
-_FORMS = {
-    "docker": "docker://REGISTRY/NAME[:TAG]",
-    "oci": "oci:DIR[:TAG]",
-    "docker-archive": "docker-archive:FILE.tar",
-    "rootfs": "rootfs:DIR",
-}

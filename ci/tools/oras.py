@@ -1,6 +1,6 @@
 """OCI artifacts in registries, through oras-py: push files as an artifact
 with their own media types and artifact type, pull them back with every
-digest checked, resolve a reference to its manifest digest.
+digest checked.
 
 oras-py (0.2.x) does the registry conversation: HTTP, upload sessions,
 chunked uploads, token and basic authentication, docker auth files. The
@@ -169,11 +169,6 @@ def inspect(reference: str, *, insecure: bool = False) -> Artifact:
     ref = parse_image_ref(reference, need_registry=True)
     with _registry(ref, insecure) as (registry, container):
         return _fetch_manifest(registry, container, ref)
-
-
-def resolve(reference: str, *, insecure: bool = False) -> str:
-    """The manifest digest `reference` points to now."""
-    return inspect(reference, insecure=insecure).digest
 
 
 def pull(reference: str, directory: Path, *, insecure: bool = False) -> PulledFiles:

@@ -32,6 +32,8 @@ from ...core.errors import BuildFailed
 
 SPOOL = 64 << 20
 BLOCK = 1 << 20
+# The files at the top of an archive (manifest, configs) up to this size are kept as they pass.
+HELD = 1 << 20
 
 
 def chain_ids(diff_ids: Iterable[str]) -> list[str]:
@@ -185,10 +187,6 @@ class Forwarding:
         yield bytes(2 * tarfile.BLOCKSIZE)  # the end of the archive
 
 
-# The files at the top of an archive (manifest, configs) up to this size are kept as they pass.
-HELD = 1 << 20
-
-
 def _padding(size: int) -> bytes:
     """What follows `size` bytes of data in a tar archive, up to the next 512-byte block."""
     return bytes(-size % tarfile.BLOCKSIZE)
@@ -196,7 +194,7 @@ def _padding(size: int) -> bytes:
 
 class _ForwardOnly:
     """A file over an iterator of byte chunks that only goes forward: enough for tarfile's
-    "r:" mode, which reads headers and seeks over data. What is sought over is dropped, and
+    "r|" mode, which only reads, and its "r:" mode, which reads headers and seeks over data. What is sought over is dropped, and
     `pieces` hands data on as views of the chunks: neither copies a byte."""
 
     def __init__(self, chunks: Iterable[bytes]) -> None:
@@ -332,26 +330,4 @@ def _read(files: dict[str, IO[bytes]], name: str) -> bytes:
 
 def tar_stream(chunks: Iterable[bytes]) -> tarfile.TarFile:
     """A tar archive read in stream mode from an iterator of byte chunks (an engine response)."""
-    return tarfile.open(fileobj=io.BufferedReader(_ChunkReader(chunks), BLOCK), mode="r|", bufsize=BLOCK)
-
-
-class _ChunkReader(io.RawIOBase):
-    """A readable file over an iterator of byte chunks, for tarfile's stream mode."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._chunks = iter(chunks)
-        self._pending = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        while not self._pending:
-            chunk = next(self._chunks, None)
-            if chunk is None:
-                return 0
-            self._pending = memoryview(chunk)
-        size = min(len(buffer), len(self._pending))
-        buffer[:size] = self._pending[:size]
-        self._pending = self._pending[size:]
-        return size
+    return tarfile.open(fileobj=_ForwardOnly(chunks), mode="r|", bufsize=BLOCK)
