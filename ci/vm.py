@@ -256,11 +256,11 @@ def push_vm(reference: str, image: Path, seed: Path | None, *, insecure: bool = 
 
 def pull_vm(reference: str, directory: Path, *, insecure: bool = False) -> oras.PulledFiles:
     """Pull a VM image artifact; every file is checked against its digest, and the disk must be a qcow2."""
-    artifact = oras.inspect(reference, insecure=insecure)
-    if artifact.artifact_type != ARTIFACT_TYPE:
-        raise ConfigError(f"{reference} is not a VM image (its artifact type is '{artifact.artifact_type}')",
-                          "pull it with a tool that knows that type")
-    pulled = oras.pull(artifact.pinned, directory, insecure=insecure)
+    with oras.opened(reference, insecure=insecure) as remote:
+        if remote.artifact.artifact_type != ARTIFACT_TYPE:
+            raise ConfigError(f"{reference} is not a VM image (its artifact type is '{remote.artifact.artifact_type}')",
+                              "pull it with a tool that knows that type")
+        pulled = remote.download(directory)
     for layer, path in zip(pulled.artifact.layers, pulled.files, strict=True):
         if layer.media_type == DISK_MEDIA_TYPE and qemu.disk_info(path).format != "qcow2":
             raise ToolkitError(f"{path} is not a qcow2 disk although the artifact says so", "push the image again")

@@ -73,16 +73,18 @@ def pull(reference: str, *, bundle_to: Path, cache_to: Path, insecure: bool = Fa
     bundle or a cache before it replaces what was at the destination; a
     failed pull leaves nothing behind. Other artifacts are refused.
     """
-    artifact = oras.inspect(reference, insecure=insecure)
-    if artifact.artifact_type == BUNDLE_TYPE:
-        return _pull_bundle(artifact, bundle_to.absolute(), insecure)
-    if artifact.artifact_type == CACHE_TYPE:
-        return _pull_cache(artifact, cache_to.absolute(), insecure)
+    with oras.opened(reference, insecure=insecure) as remote:
+        artifact = remote.artifact
+        if artifact.artifact_type == BUNDLE_TYPE:
+            return _pull_bundle(remote, bundle_to.absolute())
+        if artifact.artifact_type == CACHE_TYPE:
+            return _pull_cache(remote, cache_to.absolute())
     raise ConfigError(f"{reference} is neither a bundle nor a binary cache (its artifact type is "
                       f"'{artifact.artifact_type or 'none'}')", "give a reference that `invoke cache-push` wrote")
 
 
-def _pull_bundle(artifact: oras.Artifact, target: Path, insecure: bool) -> PulledCache:
+def _pull_bundle(remote: oras.Remote, target: Path) -> PulledCache:
+    artifact = remote.artifact
     layers = [layer for layer in artifact.layers if layer.media_type == BUNDLE_MEDIA_TYPE]
     if len(artifact.layers) != 1 or not layers:
         raise IntegrityError(f"{artifact.pinned} is not a well-formed bundle artifact (one {BUNDLE_MEDIA_TYPE} layer)",
@@ -91,14 +93,15 @@ def _pull_bundle(artifact: oras.Artifact, target: Path, insecure: bool) -> Pulle
     if target.is_dir():
         raise ConfigError(f"{target} is a directory", "give the file to write the bundle to")
     with tempfile.TemporaryDirectory(prefix=".cache-pull-", dir=target.parent) as work:
-        pulled = oras.pull(artifact.pinned, Path(work), insecure=insecure)
+        pulled = remote.download(Path(work))
         info = inspect_bundle(pulled.files[0])
         os.chmod(pulled.files[0], 0o644)
         os.replace(pulled.files[0], target)
     return PulledCache("bundle", target, artifact, info.cache)
 
 
-def _pull_cache(artifact: oras.Artifact, target: Path, insecure: bool) -> PulledCache:
+def _pull_cache(remote: oras.Remote, target: Path) -> PulledCache:
+    artifact = remote.artifact
     known = {CACHE_INFO_MEDIA_TYPE, NARINFO_MEDIA_TYPE, NAR_MEDIA_TYPE}
     strange = [layer.media_type for layer in artifact.layers if layer.media_type not in known]
     if strange:
@@ -108,7 +111,7 @@ def _pull_cache(artifact: oras.Artifact, target: Path, insecure: bool) -> Pulled
     if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or (target / "nix-cache-info").exists())):
         raise ConfigError(f"{target} exists and is not a binary cache", "give a new directory, or an old cache to replace")
     with tempfile.TemporaryDirectory(prefix=".cache-pull-", dir=target.parent) as work:
-        pulled = oras.pull(artifact.pinned, Path(work) / "files", insecure=insecure)
+        pulled = remote.download(Path(work) / "files")
         cache = Path(work) / "cache"
         for folder in ("nar", "log", "realisations"):  # as `nix copy` makes them: Nix fails to open a read-only cache without
             (cache / folder).mkdir(parents=True)

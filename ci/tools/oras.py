@@ -166,35 +166,53 @@ def describe(blob: Blob) -> Descriptor:
 
 def inspect(reference: str, *, insecure: bool = False) -> Artifact:
     """The artifact at `reference` (tag or @digest), its manifest checked against its digest."""
-    ref = parse_image_ref(reference, need_registry=True)
-    with _registry(ref, insecure) as (registry, container):
-        return _fetch_manifest(registry, container, ref)
+    with opened(reference, insecure=insecure) as remote:
+        return remote.artifact
 
 
 def pull(reference: str, directory: Path, *, insecure: bool = False) -> PulledFiles:
-    """Download every layer of the artifact into `directory`, under its title.
+    """Download every layer of the artifact at `reference` into `directory` (see Remote.download)."""
+    with opened(reference, insecure=insecure) as remote:
+        return remote.download(directory)
 
-    Each file is written under a temporary name, checked against its size and
-    digest, and only then renamed: a failed pull leaves no file behind.
-    """
-    ref = parse_image_ref(reference, need_registry=True)
-    directory = directory.absolute()
-    writable_directory(directory)
-    with _registry(ref, insecure) as (registry, container):
-        artifact = _fetch_manifest(registry, container, ref)
-        names = [_safe_name(layer) for layer in artifact.layers]
+
+class Remote:
+    """An artifact in a registry, its manifest fetched and checked once: look at it
+    (`artifact`), then download its layers in the same registry session."""
+
+    def __init__(self, registry: oras.provider.Registry, container: oras.container.Container, ref: ImageRef) -> None:
+        self._registry, self._container, self._ref = registry, container, ref
+        self.artifact = _fetch_manifest(registry, container, ref)
+
+    def download(self, directory: Path) -> PulledFiles:
+        """Every layer into `directory`, under its title.
+
+        Each file is written under a temporary name, checked against its size and
+        digest, and only then renamed: a failed pull leaves no file behind.
+        """
+        directory = writable_directory(directory.absolute())
+        names = [_safe_name(layer) for layer in self.artifact.layers]
         with tempfile.TemporaryDirectory(prefix=".pull-", dir=directory) as work:
             partials = []
-            for layer, name in zip(artifact.layers, names, strict=True):
+            for layer, name in zip(self.artifact.layers, names, strict=True):
                 log.info("downloading %s (%s, %s)", name, layer.media_type, human_size(layer.size))
                 partial = Path(work) / name
-                _download(registry, container, ref, layer, partial)
+                _download(self._registry, self._container, self._ref, layer, partial)
                 partials.append(partial)
             files = []
             for partial, name in zip(partials, names, strict=True):
                 os.replace(partial, directory / name)
                 files.append(directory / name)
-    return PulledFiles(artifact, tuple(files))
+        return PulledFiles(self.artifact, tuple(files))
+
+
+@contextmanager
+def opened(reference: str, *, insecure: bool = False) -> Iterator[Remote]:
+    """One registry session for the artifact at `reference` (tag or @digest): its manifest is
+    fetched and parsed once, and its layers can be downloaded without asking again."""
+    ref = parse_image_ref(reference, need_registry=True)
+    with _registry(ref, insecure) as (registry, container):
+        yield Remote(registry, container, ref)
 
 
 def _tagged(reference: str) -> ImageRef:
