@@ -28,8 +28,9 @@ def _builder(c, from_debian=False, tool=None, refresh_builder=False):
     return BuilderSettings(c.builder.image, from_debian or c.builder.from_debian, tool or c.builder.tool, refresh_builder)
 
 
-def _cache(c, registry=None):
-    return CacheSettings(c.builder.base, c.builder.cache, registry or c.builder.registry, c.builder.max_age_days)
+def _cache(c, namespace=None):
+    """Where the builder images live; `namespace` is --cache-from, else builder.registry."""
+    return CacheSettings(c.builder.base, c.builder.cache, namespace or c.builder.registry, c.builder.max_age_days)
 
 
 BUILDER_HELP = {
@@ -127,8 +128,7 @@ def _runner_image(c, entry, cache_from=None):
     if entry.image is None:
         raise ConfigError(f"the runner {entry.name} has no image", f"set start.{entry.name}.image in invoke.yaml")
     project = Project(Path(c.project.root or HERE), c.web.pkgs, entry.images)
-    return build.build_web(project, _builder(c), _cache(c, cache_from), name=entry.image, complete=False,
-                           attr=entry.image)
+    return build.build_image(project, _builder(c), _cache(c, cache_from), name=entry.image, attr=entry.image)
 
 
 @task(help={"cache-from": "namespace (REGISTRY/PATH) to pull nix-cache from when there is no local one "

@@ -54,8 +54,8 @@ class BuilderSettings:
 
 
 @dataclass(frozen=True)
-class WebImage:
-    """The result of build-web."""
+class BuiltImage:
+    """An image of the images file, built (or found up to date) on the cache image: web, services."""
 
     id: str
     tags: tuple[str, ...]  # identity, date, latest
@@ -111,15 +111,20 @@ def publish_cache(project: Project, settings: CacheSettings, namespace: str) -> 
     return pushed
 
 
-@docker.needs_engine("building {name}")
 def build_web(project: Project, builder: BuilderSettings, settings: CacheSettings, *,
-              name: str, complete: bool, substituter: Substituter | None = None, attr: str = "web") -> WebImage:
-    """Build the web image on top of the cache image, unless one with the same inputs exists.
+              name: str, complete: bool, substituter: Substituter | None = None) -> BuiltImage:
+    """build-web: the web image, by the load flow or the complete flow."""
+    return build_image(project, builder, settings, name=name, attr="web", complete=complete, substituter=substituter)
 
-    `attr` picks another image of the images file (services); only the load
-    flow builds those. Tags: name:id-<inputs> (the image enters the engine
-    with it), name:<date>, then name:latest, last, once everything else
-    succeeded.
+
+@docker.needs_engine("building {name}")
+def build_image(project: Project, builder: BuilderSettings, settings: CacheSettings, *,
+                name: str, attr: str, complete: bool = False, substituter: Substituter | None = None) -> BuiltImage:
+    """Build the image `attr` of the images file on top of the cache image, unless one with the same inputs exists.
+
+    Only the load flow builds images other than web (services). Tags:
+    name:id-<inputs> (the image enters the engine with it), name:<date>, then
+    name:latest, last, once everything else succeeded.
     """
     if complete and attr != "web":
         raise ConfigError(f"the complete flow builds only the web image, not {attr}", "build it without --complete")
@@ -140,7 +145,7 @@ def build_web(project: Project, builder: BuilderSettings, settings: CacheSetting
     for tag in tags:  # latest last
         if tag not in image.tags:
             docker.tag(image.id, tag)
-    return WebImage(image.id, tags, len(image.layers), image.size, "complete" if complete else "load", built)
+    return BuiltImage(image.id, tags, len(image.layers), image.size, "complete" if complete else "load", built)
 
 
 def verify_reproducible(project: Project, settings: CacheSettings, *, name: str, complete: bool) -> Verdict:

@@ -31,7 +31,7 @@ class CacheSettings:
 
     base: str  # local name of nix-base
     cache: str  # local name of nix-cache
-    registry: str | None  # NAMESPACE holding NAMESPACE/nix-cache, or None
+    namespace: str | None  # REGISTRY/PATH holding NAMESPACE/nix-cache (--cache-from, builder.registry), or None
     max_age_days: float
 
 
@@ -48,8 +48,8 @@ def find(project: Project, settings: CacheSettings) -> docker.Image | None:
     """The cache image to build on: the local one, else the registry's, else None."""
     image = docker.inspect_image(settings.cache)
     where = settings.cache
-    if image is None and settings.registry:
-        where = remote_ref(settings.registry, project)
+    if image is None and settings.namespace:
+        where = remote_ref(settings.namespace, project)
         image = _pull(where, settings.cache)
     if image is None:
         return None

@@ -54,8 +54,8 @@ class PushResult(Protocol):
     bytes_uploaded: int
 
 
-class BuiltImage(Protocol):
-    """What a build reports (ci.tools.docker.Image, ci.build.WebImage)."""
+class ReportedImage(Protocol):
+    """What a build reports (ci.tools.docker.Image, ci.build.BuiltImage)."""
 
     id: str
     tags: tuple[str, ...]
@@ -65,7 +65,7 @@ class BuiltImage(Protocol):
     def layers(self) -> int | Sequence[str]: ...
 
 
-def built(name: str, image: BuiltImage) -> ImageRecord:
+def built(name: str, image: ReportedImage) -> ImageRecord:
     """The record of an image built into the local engine."""
     layers = image.layers if isinstance(image.layers, int) else len(image.layers)
     return ImageRecord(name, image.tags, id=image.id, size=image.size, layers=layers)
