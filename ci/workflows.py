@@ -9,6 +9,10 @@ workflow, a file breaks our conventions (permissions, timeouts, concurrency,
 actions pinned to commit SHAs), or a file is invalid for GitHub (the
 workflow JSON schema through check-jsonschema, and actionlint when it is
 installed).
+
+It is longer than the other modules (about 500 lines) because the check is
+many small rules about one thing, the workflow files; split, they would read
+as unrelated.
 """
 
 from __future__ import annotations
