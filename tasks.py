@@ -105,7 +105,7 @@ def run_web(c, port=None):
     running = containers.run_web(f"{c.web.name}:latest", name=c.web.container, host=c.web.host,
                           port=int(port or c.web.port), container_port=c.web.container_port,
                           timeout=c.web.timeout)
-    say(running.url)
+    say(running.urls[0])
 
 
 @task
