@@ -166,5 +166,5 @@ def test_corrupt_cache_is_refused(engine, fallback_cache, tmp_path):
         data = registries.blob_path(tmp_path / "registry", layers[0])
         data.write_bytes(data.read_bytes()[:-10] + b"tampered!!")
         outcome = invoke("build-web", "--cache-from", namespace, env=fallback_cache)
-    assert_one_line_error(outcome, "is corrupt", "push the image again")
+    assert_one_line_error(outcome, "is corrupt", "push it again")
     assert not engine.images.list(f"{namespace}/nix-cache")
