@@ -35,8 +35,12 @@ def parse_all(root: Path, folders: tuple[str, ...] = ("nix", "tests")) -> list[P
 
 
 def first_error(log_tail: str) -> str:
-    """The first `error: ...` line Nix printed (later ones are its consequences), or ""."""
-    errors = re.findall(r"^error:\s*(.+)$", log_tail, re.M)
+    """The first `error: ...` line Nix printed (later ones are its consequences), or "".
+
+    Nix 2.8 writes `error: MESSAGE`; newer ones may write `error:` alone, then the
+    evaluation's context lines (`… while calling …`), then the message as an
+    indented `error: MESSAGE`: the first non-empty one is what the user needs."""
+    errors = re.findall(r"^[ \t]*error:[ \t]*(\S.*)$", log_tail, re.M)
     return errors[0].strip() if errors else ""
 
 
