@@ -277,7 +277,8 @@ def build_vm(c, ssh_key=None, ssh_key_file=None, hostname=None, disk_size=None, 
 
 
 @task(help={
-    "user_data": "user-data file (default: an empty #cloud-config)",
+    "user_data": "user-data file (default: an empty #cloud-config mapping); #cloud-config is checked against "
+                 "cloud-init's schema (vm.cloud_config_schema) before anything is written",
     "meta_data": "meta-data file (default: made from --hostname and --instance-id)",
     "network_config": "network-config file (optional)",
     "vendor_data": "vendor-data file (optional)",
@@ -300,6 +301,7 @@ def cidata(c, user_data=None, meta_data=None, network_config=None, vendor_data=N
         user_data=given(user_data), meta_data_file=given(meta_data),
         network_config=given(network_config), vendor_data=given(vendor_data),
         hostname=hostname or (None if meta_data else c.vm.hostname), instance_id=instance_id,
+        cloud_config_schema=_path(c, None, given(c.vm.cloud_config_schema)) if c.vm.cloud_config_schema else None,
     )
     say(f"{seed.path} {seed.format} {seed.size} bytes {seed.digest} ({', '.join(f.name for f in seed.files)})")
 
@@ -541,6 +543,9 @@ ns.configure({
         "image": "build/vm/nixos.qcow2",  # where build-vm writes and run-vm, push-vm read the image
         "seed": "build/vm/cidata.img",  # where cidata writes and run-vm, push-vm read the seed disk
         "seed_format": "vfat",  # or iso9660
+        # The JSON schema cidata checks #cloud-config user-data against, relative to the project. None:
+        # cloud-init's own where Debian's cloud-init package installs it; without it, only YAML and mapping checks.
+        "cloud_config_schema": None,
         "host": "127.0.0.1",  # the address run-vm forwards SSH on
         "ssh_port": 2222,
         "memory": 2048,  # MiB
