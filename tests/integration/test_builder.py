@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import re
 import subprocess
+import uuid
 
 import pytest
 
 from tests.conftest import assert_one_line_error, invoke
+from tests.integration.conftest import project_copy
 
 PINNED = {"INVOKE_WEB_PKGS": "nix/nixpkgs", "INVOKE_BUILDER_BASE": "nix-base-test:pin"}
 
@@ -18,9 +20,9 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.search(r"(\d+)\.(\d+)", text).groups())
 
 
-def test_the_default_debian_builder_has_a_nix_that_evaluates_the_pin(engine, cache_image):
-    builder = engine.images.get("nix-builder:debian-trixie")
-    printed = engine.containers.run(builder.id, ["nix", "--version"], remove=True).decode()
+def test_the_default_debian_builder_has_a_nix_that_evaluates_the_pin(engine, builder_image):
+    assert "nix-builder:debian-trixie" in builder_image.tags  # the session's cache was built on the default one
+    printed = engine.containers.run(builder_image.id, ["nix", "--version"], remove=True).decode()
     assert _version(printed) >= (2, 18), printed
 
 
@@ -64,13 +66,16 @@ def _host_nix_version() -> tuple[int, ...]:
 def test_host_nix_too_old_for_the_pin_is_refused_in_one_line(nix_on_host):
     if _host_nix_version() >= (2, 18):
         pytest.skip("this machine's Nix can evaluate the pin")
-    outcome = invoke("start", "services", env={"INVOKE_WEB_PKGS": "nix/nixpkgs"})
+    outcome = invoke("start", "services", env={"INVOKE_WEB_PKGS": "nix/nixpkgs"}, timeout=300)
     assert_one_line_error(outcome, "on this machine: the package set needs Nix 2.18 or newer", "--container")
 
 
-def test_host_nix_without_its_build_users_is_a_machine_problem(nix_on_host):
-    outcome = invoke("start", "services", env={"NIX_CONFIG": "build-users-group = nix-ci-no-such-group",
-                                               "INVOKE_START_SERVICES_FILE": "tests/fixtures/services.nix"})
+def test_host_nix_without_its_build_users_is_a_machine_problem(nix_on_host, tmp_path):
+    # A page of its own: Nix asks for its build users only when it has something to build.
+    copy = project_copy(tmp_path, f"<p>{uuid.uuid4()}</p>\n")
+    outcome = invoke("start", "services", timeout=300, env={
+        **copy, "NIX_CONFIG": "build-users-group = nix-ci-no-such-group",
+        "INVOKE_START_SERVICES_FILE": "tests/fixtures/services.nix"})
     assert_one_line_error(outcome, "this machine's Nix cannot build: the group 'nix-ci-no-such-group'",
                           "build-users-group =")
     assert "fix tests/fixtures/services.nix" not in outcome.error_line
