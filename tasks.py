@@ -24,8 +24,9 @@ def _project(c):
     return Project(Path(c.project.root or HERE), c.web.pkgs, c.web.images)
 
 
-def _builder(c, from_debian=False, tool=None, refresh_builder=False):
-    return BuilderSettings(c.builder.image, from_debian or c.builder.from_debian, tool or c.builder.tool, refresh_builder)
+def _builder(c, from_debian=False, tool=None, refresh_builder=False, suite=None):
+    return BuilderSettings(c.builder.image, from_debian or c.builder.from_debian, tool or c.builder.tool, refresh_builder,
+                           suite or c.builder.suite)
 
 
 def _cache(c, namespace=None):
@@ -37,14 +38,16 @@ BUILDER_HELP = {
     "from-debian": "make the builder from this machine's Debian packages instead of pulling builder.image",
     "tool": "root filesystem tool for --from-debian: mmdebstrap (default) or debootstrap",
     "refresh-builder": "with --from-debian, make the Debian builder anew even if one exists",
+    "suite": "with --from-debian, the Debian release to make the builder from (default builder.suite: trixie, "
+             "whose Nix 2.26 evaluates the pinned nixpkgs)",
 }
 
 
 @task(help=BUILDER_HELP)
 @report_errors
-def build_base(c, from_debian=False, tool=None, refresh_builder=False):
+def build_base(c, from_debian=False, tool=None, refresh_builder=False, suite=None):
     """Build nix-base: the Nix builder with the pinned package set in its store."""
-    image = build.build_base(_project(c), _builder(c, from_debian, tool, refresh_builder), base=c.builder.base)
+    image = build.build_base(_project(c), _builder(c, from_debian, tool, refresh_builder, suite), base=c.builder.base)
     say(f"{c.builder.base} {image.id}")
 
 
@@ -56,10 +59,10 @@ SUBSTITUTER_HELP = ("a binary cache or bundle in a registry (REGISTRY/NAME:TAG, 
                                      "tagged by date, by package set (pkgs-<hash>) and latest",
             "substituter": SUBSTITUTER_HELP})
 @report_errors
-def build_cache(c, from_debian=False, tool=None, refresh_builder=False, push=None, substituter=None):
+def build_cache(c, from_debian=False, tool=None, refresh_builder=False, suite=None, push=None, substituter=None):
     """Build nix-base, then nix-cache: the builder with tools and the web closure pre-built."""
     with _substituter(c, substituter) as pulled:
-        image = build.build_cache(_project(c), _builder(c, from_debian, tool, refresh_builder), _cache(c),
+        image = build.build_cache(_project(c), _builder(c, from_debian, tool, refresh_builder, suite), _cache(c),
                                   substituter=pulled)
     say(f"{c.builder.cache} {image.id}")
     github.report("build-cache", github.built(c.builder.cache, image))
@@ -277,7 +280,8 @@ def build_vm(c, ssh_key=None, ssh_key_file=None, hostname=None, disk_size=None, 
 
 
 @task(help={
-    "user_data": "user-data file (default: an empty #cloud-config)",
+    "user_data": "user-data file (default: an empty #cloud-config mapping); #cloud-config is checked against "
+                 "cloud-init's schema (vm.cloud_config_schema) before anything is written",
     "meta_data": "meta-data file (default: made from --hostname and --instance-id)",
     "network_config": "network-config file (optional)",
     "vendor_data": "vendor-data file (optional)",
@@ -300,6 +304,7 @@ def cidata(c, user_data=None, meta_data=None, network_config=None, vendor_data=N
         user_data=given(user_data), meta_data_file=given(meta_data),
         network_config=given(network_config), vendor_data=given(vendor_data),
         hostname=hostname or (None if meta_data else c.vm.hostname), instance_id=instance_id,
+        cloud_config_schema=_path(c, None, given(c.vm.cloud_config_schema)) if c.vm.cloud_config_schema else None,
     )
     say(f"{seed.path} {seed.format} {seed.size} bytes {seed.digest} ({', '.join(f.name for f in seed.files)})")
 
@@ -526,6 +531,7 @@ ns.configure({
         "image": None,  # None: the digest-pinned default of images/nix-base.Dockerfile
         "from_debian": False,  # make the builder from this machine's Debian packages
         "tool": "mmdebstrap",
+        "suite": "trixie",  # the Debian release of the --from-debian builder: its Nix must evaluate the pinned nixpkgs
         "base": "nix-base:latest",
         "cache": "nix-cache:latest",
         "registry": None,  # namespace holding nix-cache, pulled when the local one is missing
@@ -541,6 +547,9 @@ ns.configure({
         "image": "build/vm/nixos.qcow2",  # where build-vm writes and run-vm, push-vm read the image
         "seed": "build/vm/cidata.img",  # where cidata writes and run-vm, push-vm read the seed disk
         "seed_format": "vfat",  # or iso9660
+        # The JSON schema cidata checks #cloud-config user-data against, relative to the project. None:
+        # cloud-init's own where Debian's cloud-init package installs it; without it, only YAML and mapping checks.
+        "cloud_config_schema": None,
         "host": "127.0.0.1",  # the address run-vm forwards SSH on
         "ssh_port": 2222,
         "memory": 2048,  # MiB

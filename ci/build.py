@@ -42,6 +42,11 @@ OFFLINE_HINT = (
     "whose sources are already in the builder's store"
 )
 
+TOO_OLD_HINT = (
+    "use a builder with Nix {minimum} or newer: `invoke build-base --from-debian` makes one from Debian 13 "
+    "(builder.suite trixie, Nix 2.26), or set builder.image to such an image"
+)
+
 
 @dataclass(frozen=True)
 class BuilderSettings:
@@ -51,6 +56,7 @@ class BuilderSettings:
     from_debian: bool  # make the builder from this machine's Debian packages instead
     tool: str  # mmdebstrap or debootstrap, for from_debian
     refresh: bool = False  # make the Debian builder anew even if one exists
+    suite: str = "trixie"  # the Debian release of the builder made from_debian
 
 
 @dataclass(frozen=True)
@@ -72,7 +78,8 @@ def build_base(project: Project, builder: BuilderSettings, *, base: str) -> dock
     if builder.from_debian:
         from . import debian
 
-        source = debian.builder_image(tool=builder.tool, refresh=builder.refresh).id
+        suite = debian.check_suite(builder.suite, "builder.suite (--suite)")
+        source = debian.builder_image(suite=suite, tool=builder.tool, refresh=builder.refresh).id
     elif docker.inspect_image(source) is None:
         log.info("pulling the builder image %s", source)
         try:
@@ -245,4 +252,4 @@ def _nix_failure(exc: BuildFailed, dockerfile: str) -> ToolkitError:
         return exc
     return nix.build_error(f"the Nix build in {dockerfile}.Dockerfile", exc.details, fallback=exc.message,
                            offline=f"the Nix build in {dockerfile}.Dockerfile needs a download and there is no network",
-                           offline_hint=OFFLINE_HINT)
+                           offline_hint=OFFLINE_HINT, too_old_hint=TOO_OLD_HINT)

@@ -28,6 +28,8 @@ from .tools import docker, nix
 log = logging.getLogger(__name__)
 
 NO_HOST_NIX = "install Nix on this machine (apt-get install nix-bin), or start it as a container: --container"
+NEWER_HOST_NIX = ("install Nix {minimum} or newer on this machine (Debian 13's nix-bin is 2.26), "
+                  "or start it as a container: --container")
 
 
 @dataclass(frozen=True)
@@ -97,6 +99,10 @@ def build_runner(root: Path, entry: StartEntry, pkgs: str) -> Path:
         raise ToolMissing(f"starting {entry.name} in the foreground needs Nix on this machine: {exc.message}",
                           NO_HOST_NIX) from None
     except CommandFailed as exc:
+        problem = nix.machine_problem(exc.output) or nix.too_old(exc.output, f"nix-build {described} on this machine",
+                                                                    NEWER_HOST_NIX)
+        if problem is not None:
+            raise problem from None
         reason = nix.first_error(exc.output) or exc.message
         raise BuildFailed(f"nix-build {described} failed: {reason}",
                           f"fix {entry.file}; the end of the Nix log is above", details=exc.details) from None

@@ -34,8 +34,9 @@ let
     else page;
 
   # The web root: its own small store path holding only index.html. Each store
-  # path gets its own image layer (see maxLayers), so editing the page changes
-  # a layer of a few bytes and leaves the nginx, glibc, openssl... layers as
+  # path of this closure gets its own image layer (see maxLayers), so editing
+  # the page changes a layer of a few bytes (and those of the paths that name
+  # it: nginx.conf, web-cmd) and leaves the nginx, glibc, openssl... layers as
   # they were.
   webRoot = pkgs.runCommand "web-root" { } ''
     mkdir -p $out
@@ -97,10 +98,12 @@ rec {
   '';
 
   # The nginx image. streamLayeredImage builds a script that streams the image
-  # to stdout: one layer per store path of the closure (the most shared ones
-  # first), then a final layer with /etc from fakeNss and the directories made
-  # below. Everything referenced by `config` (web-cmd, hence nginx, its
-  # configuration and the web root) is added to the image automatically.
+  # to stdout: the store layers, then a final layer with /etc from fakeNss and
+  # the directories made below. Everything referenced by `config` (web-cmd,
+  # hence nginx, its configuration and the web root) is added to the image
+  # automatically. With this closure each store path is a layer of its own;
+  # nixos-25.11 orders the store layers by the size of their closure, so that
+  # each comes after the layers of what it depends on.
   web = pkgs.dockerTools.streamLayeredImage {
     name = "web";
     inherit tag;
@@ -110,12 +113,18 @@ rec {
     created = "1970-01-01T00:00:01Z";
 
     # Overlay filesystems stop at about 125-128 stacked layers (the manual's
-    # default is 100). 70 leaves over 50 for images built FROM this one, and
-    # is meant to exceed the store paths in this closure (nginx and its
-    # libraries, bash, glibc: a few dozen), so each path keeps its own layer
-    # and layers stay shared between images. One layer goes to the final
-    # customisation layer; past 69 store paths the least shared ones (the
-    # leaves: web root, config, web-cmd) would be merged into one last layer.
+    # default is 100). 70 leaves over 50 for images built FROM this one. One
+    # goes to the final customisation layer; the rest bound the store layers.
+    # nixos-25.11's default grouping (no layeringPipeline: auto-layer.py)
+    # picks the largest store path (by NAR size) to lead a layer, then the
+    # next largest, and so on; each other path shares a layer with those on
+    # which exactly the same picked paths depend (those on which none of them
+    # depends share one layer). It stops before there would be more than
+    # 69 layers. This closure (nginx and its libraries, bash, glibc: a few
+    # dozen paths) fits, so every path gets picked and keeps its own layer,
+    # and layers stay shared between images. Past 69 paths the big ones would
+    # keep layers of their own, and the small leaves that nothing picked
+    # depends on (web root, config, web-cmd) would share one layer.
     maxLayers = 70;
 
     contents = [ nss ];

@@ -13,8 +13,9 @@
 #   }
 #
 # A service is an attribute set:
-#   name         required; letters, digits and - _ . @, not starting with - or .,
-#                at most 64 characters; unique in the declaration
+#   name         required; letters, digits and - _ ., not starting with - or .,
+#                at most 64 characters; unique in the declaration (it goes into
+#                store path names, where Nix refuses @, spaces and the like)
 #   run          required; what s6-supervise starts, and restarts when it dies:
 #                  a string     an execline script (the text after the #! line,
 #                               run with execlineb -P)
@@ -72,9 +73,13 @@ let
     else if isProgram command then "program"
     else null;
 
-  nameRule = "letters, digits and - _ . @, not starting with - or ., at most 64 characters";
+  # Service and scan directory names go into store path names (name-run,
+  # name-scandir, ...). Nix allows only letters, digits and + - . _ ? = there
+  # (so no @: getty@tty1-run is not a store path); + ? = are refused too, as
+  # the build script uses names as bare shell words and ? is a wildcard there.
+  nameRule = "letters, digits and - _ ., not starting with - or ., at most 64 characters";
   validName = name: isString name && stringLength name <= 64
-    && match "[A-Za-z0-9_@][A-Za-z0-9_.@-]*" name != null;
+    && match "[A-Za-z0-9_][A-Za-z0-9_.-]*" name != null;
 
   knownAttributes = [ "name" "run" "finish" "log" "timeoutKill" ];
   knownLogAttributes = [ "run" "timestamps" ];

@@ -88,7 +88,9 @@ rec {
     name = "services";
     inherit tag;
     created = "1970-01-01T00:00:01Z";
-    # As in images.nix: one layer per store path, room for images built on it.
+    # As in images.nix: at most 69 store layers, room for images built on it.
+    # While this closure (nginx, s6, execline, busybox, the scripts) stays
+    # under 69 paths, nixos-25.11's grouping gives each path its own layer.
     maxLayers = 70;
 
     contents = [ passwd group ] ++ extraContents;

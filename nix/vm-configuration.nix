@@ -23,11 +23,27 @@
 { lib, modulesPath, ... }:
 {
   imports = [
-    # virtio disk, network and entropy drivers in the initrd, and the qemu agent.
+    # virtio drivers (disk, network, console, entropy...) in the initrd. It
+    # does not start the qemu guest agent (services.qemuGuest).
     (modulesPath + "/profiles/qemu-guest.nix")
-    # No graphical console, no sound; stay on the serial console.
-    (modulesPath + "/profiles/headless.nix")
   ];
+
+  # Not profiles/headless.nix: in nixos-25.11 it masks serial-getty@ttyS0
+  # (and getty@tty1, autovt@, serial-getty@hvc0), which takes away the serial
+  # login prompt promised below, and adds panic=1 boot.panic_on_fail
+  # vga=0x317 nomodeset to the kernel command line. What we keep of it is
+  # set here, each with its reason (panic=1: see boot.kernelParams). Left
+  # out: boot.panic_on_fail (a failed stage 1 offers its shell on the serial
+  # console, where `invoke run-vm` shows it, instead of rebooting in a loop),
+  # vga=0x317 and nomodeset (a cloud's VGA console, where there is one, keeps
+  # the kernel's default mode), and the masked gettys (tty1 keeps its login
+  # prompt too).
+
+  # Emergency mode is sulogin, and root has no password (NixOS locks it), so
+  # it could never open a shell: keep booting instead, so that SSH may come up.
+  systemd.enableEmergencyMode = false;
+  # GRUB shows no menu (boot.loader.timeout = 0): no splash picture for it.
+  boot.loader.grub.splashImage = null;
 
   # What only the disk image needs, applied to the image's variant of this
   # system (system.build.images.qemu: legacy BIOS boot, GRUB on /dev/vda, an
@@ -47,9 +63,12 @@
   };
   boot.growPartition = true;
 
-  # Kernel and systemd messages, and a login prompt, on the serial port.
-  # No boot menu to wait for.
-  boot.kernelParams = [ "console=ttyS0,115200" ];
+  # Kernel and systemd messages, and a login prompt, on the serial port: for
+  # the console= device, systemd's getty generator starts serial-getty@ttyS0
+  # (nothing masks it, as headless.nix would). panic=1: a kernel panic
+  # reboots after 1 s rather than leaving a dead machine. No boot menu to
+  # wait for.
+  boot.kernelParams = [ "console=ttyS0,115200" "panic=1" ];
   boot.loader.timeout = 0;
 
   networking.hostName = hostName;

@@ -72,3 +72,11 @@ def processes(program: str, marker: str) -> list[int]:
 @pytest.fixture
 def toolkit():
     return invoke
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    """The seed of pytest-randomly's test order, at the end of the output, where a failure is read, and under -q
+    too (its own line is in the header, which -q leaves out)."""
+    if config.pluginmanager.hasplugin("randomly"):
+        seed = config.getoption("randomly_seed")
+        terminalreporter.write_line(f"Using --randomly-seed={seed} (pass it to run the tests in this order again)")

@@ -40,9 +40,10 @@ fail() {
   echo "error: $*" >&2
   exit "$code"
 }
-# The first line Nix (or tar, or skopeo) gave as its reason.
+# The first line Nix (or tar, or skopeo) gave as its reason. Newer Nix may write
+# `error:` alone, then context lines, then the message as an indented `error: …`.
 reason() {
-  found=$(sed -n 's/^error: *//p; s/^.*level=fatal msg="\(.*\)".*$/\1/p' "$log" | head -n 1 |
+  found=$(sed -n 's/^[[:space:]]*error: *\([^[:space:]]\)/\1/p; s/^.*level=fatal msg="\(.*\)".*$/\1/p' "$log" | head -n 1 |
     sed 's/\\"/"/g; s/^Error parsing image name "[^"]*": //' | cut -c 1-300)
   [ -n "$found" ] && echo "$found"
 }

@@ -18,7 +18,14 @@ let
     url = "https://github.com/NixOS/nixpkgs/archive/${pin.rev}.tar.gz";
     sha256 = pin.sha256;
   };
+
+  # Checked before the download: an older Nix cannot even parse this nixpkgs.
+  # The toolkit recognises this message and adds how to get a newer Nix.
+  tooOld = builtins.compareVersions builtins.nixVersion pin.minimumNixVersion < 0;
 in
+if tooOld then
+  throw "nixpkgs ${pin.branch} needs Nix ${pin.minimumNixVersion} or newer, and this is Nix ${builtins.nixVersion}"
+else
 import nixpkgs {
   # Same platform as asked for above (x86_64-linux, aarch64-linux, ...).
   inherit system;

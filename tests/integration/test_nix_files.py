@@ -1,5 +1,6 @@
-"""Every Nix file of the project parses with the host's Nix, no nixpkgs needed."""
+"""Every Nix file of the project parses with the host's Nix, and what can be read of them without nixpkgs is right."""
 
+import json
 import subprocess
 
 import pytest
@@ -33,3 +34,25 @@ def test_a_file_that_does_not_parse_is_named(nix_on_host, tmp_path):
     with pytest.raises(ConfigError) as refused:
         nix.parse(bad)
     assert refused.value.line().startswith(f"{bad} does not parse: syntax error")
+
+
+def test_the_vm_module_keeps_its_serial_login_prompt(nix_on_host):
+    """nix/vm-configuration.nix, read without nixpkgs: it does not import profiles/headless.nix
+    (which masks serial-getty@ttyS0) and masks no getty itself."""
+    expression = """
+      let
+        module = import ./nix/vm-configuration.nix {
+          authorizedKeys = [ "ssh-ed25519 AAAA test" ]; user = "nixos"; hostName = "vm"; diskSize = 8192;
+        };
+        config = module { lib = { mkDefault = value: value; }; modulesPath = "/modules"; };
+      in {
+        imports = map toString config.imports;
+        kernelParams = config.boot.kernelParams;
+        services = builtins.attrNames (config.systemd.services or { });
+      }
+    """
+    value = json.loads(subprocess.run(["nix-instantiate", "--eval", "--strict", "--json", "-E", expression],
+                                      cwd=ROOT, capture_output=True, text=True, check=True).stdout)
+    assert value["imports"] == ["/modules/profiles/qemu-guest.nix"]
+    assert value["kernelParams"][0] == "console=ttyS0,115200"
+    assert not any("getty" in name for name in value["services"])

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import ROOT, assert_one_line_error, invoke
 from tests.integration.conftest import project_copy
 
-RULE = "use letters, digits and - _ . @, not starting with - or ., at most 64 characters"
+RULE = "use letters, digits and - _ ., not starting with - or ., at most 64 characters"
 
 
 def declaration(services: str, *, name: str = '"services"', finish: str = "null") -> str:
@@ -49,6 +49,13 @@ def test_a_good_declaration_evaluates(nix_on_host, tmp_path):
 def test_a_bad_service_name_is_refused_naming_it(nix_on_host, tmp_path, name):
     message = refusal(declaration(f'[ {GOOD} {{ name = "{name}"; run = "true"; }} ]'), tmp_path)
     assert message == f"s6 services (services): service name '{name}' is invalid: {RULE}"
+
+
+def test_a_name_nix_refuses_in_a_store_path_is_refused_when_evaluated(nix_on_host, tmp_path):
+    # Names go into store path names (getty@tty1-run), where Nix refuses '@':
+    # the declaration says so, instead of Nix naming a store path later.
+    message = refusal(declaration('[ { name = "getty@tty1"; run = [ "/bin/true" ]; } ]'), tmp_path)
+    assert message == f"s6 services (services): service name 'getty@tty1' is invalid: {RULE}"
 
 
 def test_a_name_that_is_not_a_string_is_refused(nix_on_host, tmp_path):

@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from ci import vm
+from ci import cidata, vm
 from ci.tools import oras
 from tests.conftest import FIXTURE_CONFIG, ROOT, assert_one_line_error, invoke, processes
 from tests.integration import registries
+from tests.integration.conftest import unavailable
 
 KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA4b6L7g8/NF66/2riOVBBGIpMvEiNo335A21y9yg411 vmtest@host"
 LIB_ONLY = "import ./tests/fixtures/vm/lib-only.nix"
@@ -144,7 +145,7 @@ def test_build_vm_refuses_a_private_key(tmp_path):
 
 # --- cidata: the seed disk, read back with the distribution's tools -------------------
 
-def test_vfat_seed_read_back_with_dosfstools_and_mtools(tmp_path):
+def test_cidata_vfat_seed_read_back_with_dosfstools_and_mtools(tmp_path):
     need("mkfs.vfat", "mcopy", "mdir", "mtype", "fsck.vfat", "blkid")
     (tmp_path / "user-data").write_text("#cloud-config\nruncmd:\n  - [touch, /run/seeded]\n")
     (tmp_path / "network-config").write_text("version: 2\nethernets: {}\n")
@@ -170,7 +171,7 @@ def test_vfat_seed_read_back_with_dosfstools_and_mtools(tmp_path):
     assert again.code == 0 and hashlib.sha256((tmp_path / "again.img").read_bytes()).hexdigest() == digest
 
 
-def test_iso9660_seed_read_back_with_xorriso(tmp_path):
+def test_cidata_iso9660_seed_read_back_with_xorriso(tmp_path):
     need("xorriso", "blkid")
     (tmp_path / "meta-data").write_text("instance-id: iid-iso\nlocal-hostname: isohost\n")
     seed = tmp_path / "seed.iso"
@@ -187,7 +188,7 @@ def test_iso9660_seed_read_back_with_xorriso(tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["missing", "directory"])
-def test_unreadable_user_data(tmp_path, kind):
+def test_cidata_unreadable_user_data(tmp_path, kind):
     user_data = tmp_path / "user-data"
     if kind == "directory":
         user_data.mkdir()
@@ -199,13 +200,84 @@ def test_unreadable_user_data(tmp_path, kind):
     assert list(seed_dir.iterdir()) == []  # no disk, no partial file, no work directory
 
 
-def test_meta_data_file_and_hostname_conflict(tmp_path):
+def test_cidata_meta_data_file_and_hostname_conflict(tmp_path):
     (tmp_path / "meta-data").write_text("instance-id: x\n")
     outcome = invoke("cidata", "--meta-data", str(tmp_path / "meta-data"), "--hostname", "vm1",
                      "--output", str(tmp_path / "cidata.img"))
     assert_one_line_error(outcome, "both a meta-data file and a host name", "--meta-data")
     assert not (tmp_path / "cidata.img").exists()
 
+
+
+# User-data cloud-init would reject is refused in one line, before any disk is made. Each holds
+# SECRET, which nothing the task prints may show.
+SECRET = "hunter2-do-not-print"
+REJECTED_USER_DATA = {
+    "not a mapping": (f"#cloud-config\n- {SECRET}\n", "top level: is a list, not a mapping of cloud-config keys; "),
+    "wrong type": (f"#cloud-config\npackages: 5\npassword: {SECRET}\n", "packages: must be a list, not an integer; "),
+    "invalid YAML": (f"#cloud-config\nruncmd: [echo {SECRET}\n", "line 3, column 1: is not valid YAML "),
+}
+
+
+def cloud_init_schema() -> Path:
+    """cloud-init's cloud-config schema, where Debian's cloud-init package installs it."""
+    if not cidata.DEBIAN_CLOUD_CONFIG_SCHEMA.is_file():
+        unavailable("cloud-init's schema is not installed; `bash .ci/setup` installs cloud-init")
+    return cidata.DEBIAN_CLOUD_CONFIG_SCHEMA
+
+
+def test_cidata_default_seed_passes_cloud_inits_own_schema_check(tmp_path):
+    need("mkfs.vfat", "mcopy", "mtype")
+    cloud_init = shutil.which("cloud-init") or unavailable("cloud-init not installed; `bash .ci/setup` installs it")
+    seed = tmp_path / "cidata.img"
+    outcome = invoke("cidata", "--output", str(seed))
+    assert outcome.code == 0, outcome.stderr
+    user_data = tmp_path / "user-data"
+    user_data.write_text(tool("mtype", "-i", str(seed), "::user-data", env={**os.environ, "MTOOLS_SKIP_CHECK": "1"}))
+    assert user_data.read_bytes() == cidata.DEFAULT_USER_DATA
+    checked = subprocess.run([cloud_init, "schema", "--config-file", str(user_data)], capture_output=True, text=True)
+    assert checked.returncode == 0 and "Valid cloud-config" in checked.stdout, checked
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["no output yet", "an existing output"])
+@pytest.mark.parametrize("case", REJECTED_USER_DATA)
+def test_cidata_refuses_user_data_cloud_init_would_reject_before_any_disk(tmp_path, case, existing):
+    if case == "wrong type":
+        cloud_init_schema()
+    content, expected = REJECTED_USER_DATA[case]
+    user_data = tmp_path / "user-data"
+    user_data.write_text(content)
+    seed_dir = tmp_path / "seed"
+    if existing:
+        seed_dir.mkdir()
+        (seed_dir / "cidata.img").write_bytes(b"the previous seed disk")
+    outcome = invoke("cidata", "--user-data", str(user_data), "--output", str(seed_dir / "cidata.img"))
+    assert_one_line_error(outcome, f"error: {user_data}: {expected}")
+    assert outcome.stderr.strip().splitlines() == [outcome.error_line]  # that line alone
+    assert SECRET not in outcome.stderr + outcome.stdout
+    if existing:  # left as it was, and nothing beside it
+        assert [p.name for p in seed_dir.iterdir()] == ["cidata.img"]
+        assert (seed_dir / "cidata.img").read_bytes() == b"the previous seed disk"
+    else:
+        assert not seed_dir.exists()
+
+
+def test_cidata_vm_cloud_config_schema_names_the_schema(tmp_path):
+    # cloud-init's versions schema, which refers to the v1 schema by URL: it is read from beside it.
+    schema = cloud_init_schema()
+    for name in ("versions.schema.cloud-config.json", schema.name):
+        shutil.copy(schema.parent / name, tmp_path / name)
+    versions = tmp_path / "versions.schema.cloud-config.json"
+    (tmp_path / "user-data").write_text("#cloud-config\npackages: 5\n")
+    outcome = invoke("cidata", "--user-data", str(tmp_path / "user-data"), "--output", str(tmp_path / "cidata.img"),
+                     env={"INVOKE_VM_CLOUD_CONFIG_SCHEMA": str(versions)})
+    assert_one_line_error(outcome, "packages: must be a list, not an integer; ", f"({versions})")
+
+    outcome = invoke("cidata", "--user-data", str(tmp_path / "user-data"), "--output", str(tmp_path / "cidata.img"),
+                     env={"INVOKE_VM_CLOUD_CONFIG_SCHEMA": str(tmp_path / "missing.json")})
+    assert_one_line_error(outcome, f"cannot read the cloud-config schema file {tmp_path / 'missing.json'}: it does not "
+                                   "exist; pass a readable file to vm.cloud_config_schema")
+    assert not (tmp_path / "cidata.img").exists()
 
 # --- run-vm: qemu really started, then stopped ----------------------------------------
 

@@ -5,9 +5,11 @@
 # and execline from source, which cannot be fetched here. The programs and
 # the libraries they link (ldd: libskarnet, libexecline, libs6, libc and the
 # dynamic loader) are imported at evaluation time, so their store paths change
-# with the files; only the machine's patchelf runs at build time, to point
-# each program at the loader and libraries of its store copy. The copies then
-# run anywhere, in an image with no /lib either.
+# with the files. So is the machine's patchelf, with its libraries: it runs at
+# build time through the imported loader, to point each program at the loader
+# and libraries of its store copy. Nothing is read from the host while Nix
+# builds, so the builds work in Nix's sandbox too. The copies then run
+# anywhere, in an image with no /lib either.
 #
 # Debian builds s6 and execline with absolute paths compiled in: s6-svscan
 # starts /usr/bin/s6-supervise, s6-svc runs /usr/bin/s6-svlisten1, s6-log
@@ -15,8 +17,7 @@
 # store copies; an image that runs this s6 needs it in its contents. (nixpkgs'
 # s6 refers to its own store paths and needs nothing of the sort.)
 #
-# Needs, where Nix evaluates and builds: the Debian packages s6, execline
-# and patchelf (.ci/setup installs them; so does the builder image of
+# Needs, where Nix evaluates: the Debian packages s6, execline and patchelf (.ci/setup installs them; so does the builder image of
 # `invoke build-base --from-debian`).
 {
   # The platform to build for, as in nixpkgs.
@@ -61,17 +62,26 @@ let
     cp -P $files/* $out/lib/
   '';
 
+  # patchelf and what it links (C++ runtime, libm, libc, the loader), run as
+  # `ld.so --library-path LIBS patchelf`: it needs no patching of its own.
+  patchelf = fromHost "patchelf" /usr/bin (name: name == "patchelf");
+  patchelfLibraries = fromHost "patchelf-libraries" (/usr/lib + "/${multiarch}") (name:
+    any (prefix: hasPrefix prefix name) [ "ld-linux" "libc.so." "libm.so." "libstdc++.so." "libgcc_s.so." ]);
+
   # Copies the programs of `programs` into $out/bin, each pointed at the
   # loader and the libraries of `libraries`. DT_RPATH (--force-rpath) rather
   # than DT_RUNPATH: it also serves the libraries' own dependencies.
-  relocated = name: programs: runCommand name { inherit libraries programs; } ''
+  relocated = name: programs: runCommand name { inherit libraries programs patchelf patchelfLibraries; } ''
+    patchelf() {
+      $patchelfLibraries/ld-linux* --library-path $patchelfLibraries $patchelf/patchelf "$@"
+    }
     mkdir -p $out/bin
     for program in $programs/*; do
       target=$out/bin/$(basename $program)
       cp $program $target
       chmod u+w $target
-      loader=$(/usr/bin/patchelf --print-interpreter $target)
-      /usr/bin/patchelf --set-interpreter $libraries/lib/$(basename $loader) \
+      loader=$(patchelf --print-interpreter $target)
+      patchelf --set-interpreter $libraries/lib/$(basename $loader) \
         --force-rpath --set-rpath $libraries/lib $target
       chmod 0555 $target
     done

@@ -23,7 +23,7 @@ from ...core.errors import (
     BuildFailed,
 )
 from .client import BUILD_TAIL, _api_error, _quietly, client
-from .images import Image, inspect_image
+from .images import Image, drop_replaced, inspect_image
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ def build(
     api = client().api
     name = os.path.basename(dockerfile)
     progress = _BuildProgress()
+    previous = inspect_image(tag) if tag else None
     where = _context_with(context, dockerfile, extra_context) if extra_context else {"path": context, "dockerfile": dockerfile}
     stream: Generator[dict[str, Any], None, None] | None = None
     try:
@@ -81,6 +82,7 @@ def build(
     image = inspect_image(progress.image_id) if progress.image_id else None
     if image is None:
         raise BuildFailed(f"docker build of {name} gave no image", details=progress.tail())
+    drop_replaced(previous, image.id)
     return image
 
 

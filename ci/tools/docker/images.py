@@ -174,15 +174,35 @@ def remove_image(ref: str) -> None:
         raise _api_error(exc, f"cannot remove image {ref}") from None
 
 
+def drop_replaced(previous: Image | None, current: str) -> None:
+    """Remove `previous`, the image a build just took its tag from, once nothing names or
+    uses it: every weekly nix-cache would otherwise stay on disk, untagged. The removal is
+    not forced, so the engine keeps it while a container or a child image uses it."""
+    if previous is None or previous.id == current:
+        return
+    try:
+        if client().api.inspect_image(previous.id).get("RepoTags"):
+            return  # another tag still names it
+        client().api.remove_image(previous.id, noprune=False)
+        log.info("removed %s, the image %s named before", previous.id[7:19], previous.tags[0] if previous.tags else "")
+    except docker.errors.NotFound:
+        pass
+    except docker.errors.APIError as exc:
+        log.info("kept the previous image %s: %s", previous.id[7:19], str(exc.explanation or exc).strip()[:200])
+
+
 def import_rootfs(tarball: str, repository: str, tag_: str, changes: list[str]) -> Image:
-    """`docker import` a root filesystem tarball."""
+    """`docker import` a root filesystem tarball; the image it replaces goes (drop_replaced)."""
+    previous = inspect_image(f"{repository}:{tag_}")
     try:
         result = client().api.import_image_from_file(tarball, repository=repository, tag=tag_, changes=changes)
     except docker.errors.APIError as exc:
         raise _api_error(exc, f"docker import of {tarball} failed") from None
     if "error" in str(result):
         raise BuildFailed(f"docker import of {tarball} failed: {result}")
-    return require_image(f"{repository}:{tag_}", "docker import reported success but the image is missing")
+    image = require_image(f"{repository}:{tag_}", "docker import reported success but the image is missing")
+    drop_replaced(previous, image.id)
+    return image
 
 
 def pull(ref: str, credentials: Credentials | None = None) -> Image:
