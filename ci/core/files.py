@@ -1,11 +1,26 @@
-"""What the toolkit writes on this machine, said the same way everywhere: the
-directory a result goes under, and how big a thing is, for people."""
+"""Files of this machine, said the same way everywhere: a file the user gives,
+the directory a result goes under, and how big a thing is, for people."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from .errors import ConfigError
+
+
+def read_input(path: Path, what: str, option: str) -> bytes:
+    """The bytes of a user-given file, or a one-line ConfigError saying why it cannot be read."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        reason = "it does not exist"
+    except IsADirectoryError:
+        reason = "it is a directory"
+    except PermissionError:
+        reason = "permission denied"
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+    raise ConfigError(f"cannot read the {what} file {path}: {reason}", f"pass a readable file to {option}")
 
 
 def writable_directory(directory: Path) -> Path:

@@ -1,7 +1,10 @@
-"""Nix on the host: checks that need no nixpkgs.
+"""Nix: parsing expressions on the host, and what Nix's messages mean.
 
 Builds happen inside the builder image (see ci.build); on the host the
-toolkit only parses expressions, which works with no nixpkgs at all.
+toolkit parses expressions, which works with no nixpkgs at all. Whoever ran
+Nix (a build in the builder, the services runner on the host) turns its log
+into one line here: Nix's first error, a download with no network, a Nix too
+old for the package set, or a machine without Nix's build users.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from ci import cidata, vm
+from ci import cidata, cloudconfig, vm
 from ci.tools import oras
 from tests.conftest import FIXTURE_CONFIG, ROOT, assert_one_line_error, invoke, processes
 from tests.integration import registries
@@ -221,9 +221,9 @@ REJECTED_USER_DATA = {
 
 def cloud_init_schema() -> Path:
     """cloud-init's cloud-config schema, where Debian's cloud-init package installs it."""
-    if not cidata.DEBIAN_CLOUD_CONFIG_SCHEMA.is_file():
+    if not cloudconfig.DEBIAN_CLOUD_CONFIG_SCHEMA.is_file():
         unavailable("cloud-init's schema is not installed; `bash .ci/setup` installs cloud-init")
-    return cidata.DEBIAN_CLOUD_CONFIG_SCHEMA
+    return cloudconfig.DEBIAN_CLOUD_CONFIG_SCHEMA
 
 
 def test_cidata_default_seed_passes_cloud_inits_own_schema_check(tmp_path):

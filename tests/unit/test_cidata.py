@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from ci import cidata
+from ci import cidata, cloudconfig
 from ci.core.errors import ConfigError
 
 SECRET = "hunter2-do-not-print"
@@ -25,32 +25,32 @@ SECRET = "hunter2-do-not-print"
 @pytest.fixture
 def schema() -> Path:
     """cloud-init's own schema file. In CI (CI=true) its absence fails the test."""
-    if not cidata.DEBIAN_CLOUD_CONFIG_SCHEMA.is_file():
+    if not cloudconfig.DEBIAN_CLOUD_CONFIG_SCHEMA.is_file():
         reason = "cloud-init's cloud-config schema is not installed; `bash .ci/setup` installs cloud-init"
         if os.environ.get("CI") == "true":
             pytest.fail(reason)
         pytest.skip(reason)
-    return cidata.DEBIAN_CLOUD_CONFIG_SCHEMA
+    return cloudconfig.DEBIAN_CLOUD_CONFIG_SCHEMA
 
 
 @pytest.fixture
 def without_schema(tmp_path, monkeypatch):
     """A machine without cloud-init: its schema is not where Debian installs it."""
-    monkeypatch.setattr(cidata, "DEBIAN_CLOUD_CONFIG_SCHEMA", tmp_path / "not-installed" / "schema.json")
+    monkeypatch.setattr(cloudconfig, "DEBIAN_CLOUD_CONFIG_SCHEMA", tmp_path / "not-installed" / "schema.json")
 
 
 def refusal(data: bytes, schema: Path | None = None) -> str:
     """The one line check_user_data refuses `data` with."""
     with pytest.raises(ConfigError) as caught:
-        cidata.check_user_data(data, "ud", schema)
+        cloudconfig.check_user_data(data, "ud", schema)
     line = caught.value.line()
     assert "\n" not in line and SECRET not in line, line
     return line
 
 
 def test_the_default_user_data_is_a_mapping_the_schema_accepts(schema):
-    cidata.check_user_data(cidata.DEFAULT_USER_DATA, "default", schema)
-    assert cidata.load_cloud_config(cidata.DEFAULT_USER_DATA.decode(), "default") == {}
+    cloudconfig.check_user_data(cidata.DEFAULT_USER_DATA, "default", schema)
+    assert cloudconfig.load_cloud_config(cidata.DEFAULT_USER_DATA.decode(), "default") == {}
 
 
 @pytest.mark.parametrize("body, kind", [
@@ -124,11 +124,11 @@ def test_cloud_config_is_recognised_as_cloud_init_recognises_it(schema):
     b"#cloud-config\npackages: [\xff]\n",  # not UTF-8: cloud-init cannot tell its kind either
 ])
 def test_other_kinds_of_user_data_are_written_as_given(data, schema):
-    cidata.check_user_data(data, "ud", schema)
+    cloudconfig.check_user_data(data, "ud", schema)
 
 
 def test_binary_values_count_as_strings_as_in_cloud_init(schema):
-    cidata.check_user_data(b"#cloud-config\nwrite_files:\n  - path: /etc/x\n    content: !!binary aGVsbG8=\n",
+    cloudconfig.check_user_data(b"#cloud-config\nwrite_files:\n  - path: /etc/x\n    content: !!binary aGVsbG8=\n",
                            "ud", schema)
 
 
@@ -136,12 +136,12 @@ def test_without_cloud_inits_schema_only_the_mapping_is_checked_and_the_log_says
     lines: list[str] = []
     collect = logging.Handler(logging.INFO)
     collect.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
-    logger = logging.getLogger("ci.cidata")
+    logger = logging.getLogger("ci.cloudconfig")
     logger.addHandler(collect)  # whether or not the task edge stopped "ci" propagating
     try:
-        caplog.set_level(logging.INFO, logger="ci.cidata")
-        cidata.check_user_data(b"#cloud-config\npackages: 5\n", "ud")
-        cidata.check_user_data(b"#!/bin/sh\n", "script")
+        caplog.set_level(logging.INFO, logger="ci.cloudconfig")
+        cloudconfig.check_user_data(b"#cloud-config\npackages: 5\n", "ud")
+        cloudconfig.check_user_data(b"#!/bin/sh\n", "script")
     finally:
         logger.removeHandler(collect)
     assert lines == ["ud: checked as a YAML mapping only; the cloud-config schema check was skipped, as cloud-init's "
@@ -155,7 +155,7 @@ def test_a_schema_that_refers_to_another_finds_it_beside_itself(schema, tmp_path
     for name in ("versions.schema.cloud-config.json", schema.name):
         shutil.copy(schema.parent / name, tmp_path / name)
     versions = tmp_path / "versions.schema.cloud-config.json"
-    cidata.check_user_data(b"#cloud-config\npackages: [git]\n", "ud", versions)
+    cloudconfig.check_user_data(b"#cloud-config\npackages: [git]\n", "ud", versions)
     assert refusal(b"#cloud-config\npackages: 5\n", versions).startswith("ud: packages: must be a list, not an integer; ")
 
     (tmp_path / schema.name).unlink()  # never fetched from the network instead
