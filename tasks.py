@@ -228,7 +228,8 @@ def check_nix(c):
 
 @task(help={
     "check": "fail (one line naming file, job and step) unless every workflow runs only real tasks and flags, "
-             "every task declared for CI has its workflow, and the files pass the schema and actionlint",
+             "every task declared for CI has its workflow, and the files pass the schema, actionlint, zizmor "
+             "and the permission, trigger and pinning rules",
     "dir": "workflow directory to read (default .github/workflows of the project)",
 })
 @report_errors
@@ -244,7 +245,7 @@ def workflows(c, check=False, dir=None):
         return
     report = ci_workflows.check(directory, root, ns)
     say(f"ok: {report.files} workflow files, {report.invocations} invoke commands, all real; "
-        f"schema valid; actionlint {report.actionlint}")
+        f"schema valid; actionlint {report.actionlint}; zizmor {report.zizmor}")
 
 
 def _path(c, flag, configured):
