@@ -92,7 +92,7 @@ def _job_permissions(workflow: Workflow, job: str, data: dict[str, Any], lines: 
         line = next((match for match in map(_WRITE_SCOPE.match, text) if match and match[1] == scope), None)
         if line is None or not line[2]:
             found.append(Problem(where, f"grants {scope}: write without saying why",
-                                 f"add a comment on that line naming what the job writes, e.g. `{scope}: write  # push the image`"))
+                                 f"say on that line what the job writes, e.g. `{scope}: write  # push the image`"))
     return found
 
 

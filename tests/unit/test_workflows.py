@@ -241,12 +241,14 @@ def test_a_job_write_without_a_reason_is_refused(tmp_path):
 
 
 def test_a_job_write_with_its_reason_passes(tmp_path):
-    text = PROBE.replace("      contents: read\n    steps", "      contents: read\n      packages: write  # push the image\n    steps")
+    text = PROBE.replace("      contents: read\n    steps",
+                         "      contents: read\n      packages: write  # push the image\n    steps")
     assert probe_problems(tmp_path, text) == []
 
 
 def test_a_job_granting_write_all_is_refused(tmp_path):
-    [problem] = probe_problems(tmp_path, PROBE.replace("    permissions:\n      contents: read\n", "    permissions: write-all\n"))
+    text = PROBE.replace("    permissions:\n      contents: read\n", "    permissions: write-all\n")
+    [problem] = probe_problems(tmp_path, text)
     assert problem.startswith("probe.yml, job probe: grants write-all"), problem
 
 
