@@ -227,7 +227,10 @@ def check(directory: Path, root: Path, collection: Collection) -> Report:
     problems += schema_problems(files, workflows)
     actionlint, linted = actionlint_problems(files, workflows)
     problems += linted
-    zizmor, audited = zizmor_problems(files, workflows)
+    # Dependabot's configuration sits beside the workflows: its schema, and zizmor's audits of it.
+    dependabot = [path for path in (directory.parent / "dependabot.yml",) if path.exists()]
+    problems += schema_problems(dependabot, [], schema="vendor.dependabot")
+    zizmor, audited = zizmor_problems([*files, *dependabot], workflows)
     problems += audited
     if problems:
         others = len(problems) - 1
@@ -290,13 +293,13 @@ def conventions(workflow: Workflow) -> list[Problem]:
     return problems
 
 
-def schema_problems(files: Sequence[Path], workflows: Sequence[Workflow]) -> list[Problem]:
-    """Validate against GitHub's workflow schema with check-jsonschema."""
+def schema_problems(files: Sequence[Path], workflows: Sequence[Workflow], schema: str = SCHEMA) -> list[Problem]:
+    """Validate against GitHub's workflow schema (or another of check-jsonschema's) with check-jsonschema."""
     if not files:
         return []
     by_path = {str(w.path.resolve()): w for w in workflows}
     output = _json_output("check-jsonschema",
-                          ["--builtin-schema", SCHEMA, "--output-format", "json", *map(str, files)],
+                          ["--builtin-schema", schema, "--output-format", "json", *map(str, files)],
                           failing_code=1, hint="pip install check-jsonschema (it is in the [test] extra)")
     problems = []
     output = output or {}
@@ -304,8 +307,9 @@ def schema_problems(files: Sequence[Path], workflows: Sequence[Workflow]) -> lis
         workflow = by_path.get(str(Path(error.get("filename", "")).resolve()))
         match = error.get("best_deep_match") or error.get("best_match") or error
         where = _where_in(workflow, match.get("path", "$")) if workflow else Where(error.get("filename", "?"))
-        problems.append(Problem(where, f"{_short_path(match.get('path', '$'))}{match.get('message', '')} "
-                                       "(GitHub workflow schema)", "see GitHub's workflow syntax reference"))
+        what = "GitHub workflow schema" if schema == SCHEMA else f"{schema} schema"
+        problems.append(Problem(where, f"{_short_path(match.get('path', '$'))}{match.get('message', '')} ({what})",
+                                "see GitHub's syntax reference for the file"))
     for error in output.get("parse_errors", []):
         problems.append(Problem(Where(error.get("filename", "?")), f"cannot be parsed: {error.get('message', '')}"))
     return problems

@@ -308,3 +308,9 @@ def test_a_probe_fault_fails_the_command_in_one_line(copy):
 def test_zizmor_finds_what_the_rules_do_not(copy):
     edit(copy / "test.yml", "        with:\n          persist-credentials: false\n", "\n")
     assert_one_line_error(check(copy), "test.yml, job test, step 1", "(zizmor artipacked)", "# zizmor: ignore[artipacked]")
+
+
+def test_dependabot_config_beside_the_workflows_is_checked(copy):
+    text = (ROOT / ".github" / "dependabot.yml").read_text()
+    (copy.parent / "dependabot.yml").write_text(text.replace("interval: weekly", "interval: fortnightly", 1))
+    assert_one_line_error(check(copy), "dependabot.yml", "fortnightly", "(vendor.dependabot schema)")
