@@ -248,6 +248,16 @@ def workflows(c, check=False, dir=None):
         f"schema valid; actionlint {report.actionlint}; zizmor {report.zizmor}")
 
 
+@task
+@report_errors
+def lock(c):
+    """Regenerate the hash-locked requirements files from pyproject.toml's pins (uv pip compile)."""
+    from ci import lock as ci_lock
+
+    for written in ci_lock.regenerate(Path(c.project.root or HERE)):
+        say(f"{written.path.name}: {len(written.pins)} packages, each pinned with its hashes")
+
+
 def _path(c, flag, configured):
     """A path given on the command line is relative to where invoke runs; one from the configuration, to the project."""
     return Path(flag).absolute() if flag else Path(c.project.root or HERE) / configured
@@ -486,7 +496,7 @@ def cache_pull(c, source, to=None, insecure=False):
 
 
 ns = Collection(build_base, build_cache, build_web, verify_reproducible, run_web, stop_web, build_services, start, stop,
-                push, extract, check_nix, workflows,
+                push, extract, check_nix, workflows, lock,
                 build_vm, cidata, run_vm, push_vm, pull_vm,
                 bundle_key, bundle, build_runner, cache_push, cache_pull)
 ns.configure({
