@@ -82,7 +82,7 @@ def build_web(c, complete=False, cache_from=None, substituter=None):
     """Build the web image and load it into Docker as web:<tag> and web:latest."""
     with _substituter(c, substituter) as pulled:
         image = build.build_web(_project(c), _builder(c), _cache(c, cache_from), name=c.web.name, complete=complete,
-                                substituter=pulled)
+                                substituter=pulled, attr=c.web.attr)
     for tag in image.tags:
         say(f"{tag} {image.id}")
     github.report("build-web", github.built(c.web.name, image))
@@ -501,10 +501,11 @@ ns = Collection(build_base, build_cache, build_web, verify_reproducible, run_web
                 bundle_key, bundle, build_runner, cache_push, cache_pull)
 ns.configure({
     "project": {
-        "root": None,  # the build context; None: the directory of this file
+        "root": None,  # the build context; None: the directory of this file (nix-ci: the current directory)
     },
     "web": {
         "name": "web",  # the image name, as the images file sets it
+        "attr": "web",  # the images file's attribute build-web builds
         "pkgs": "nix/nixpkgs",  # package set, relative to the project
         "images": "nix/images.nix",  # images file, relative to the project
         "container": "web",  # container name used by run-web and stop-web

@@ -31,7 +31,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import archive, docker, nix, oras
+from . import archive, docker, nix, oras, resources
 from .errors import BuildFailed, ConfigError, IntegrityError, NetworkUnavailable, RegistryError, naming_full_disk
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ PATHS_ANNOTATION = "io.github.nix-ci.binary-cache.paths"
 COMPRESSIONS = ("zstd", "xz", "bzip2", "none")
 
 # The runner's files the builder container needs.
-SCRIPTS = Path(__file__).resolve().parent.parent / "images" / "runner"
+SCRIPTS = resources.shipped("runner")
 BUILD_DIR = "/bundle-build"  # the project's Nix files, as in the vm build
 INPUT_DIR = "/bundle-in"  # the script and the secret key
 OUTPUT_DIR = "/bundle-out"  # cache/ and result, tarred on the host
@@ -626,7 +626,7 @@ def build_runner(root: Path, *, base: str, tag: str, keys: tuple[str, ...]) -> d
     if not keys:
         log.warning("warning: no public key configured: the runner will trust no bundle until TRUSTED_PUBLIC_KEYS is set "
                     "at `docker run` (make a key pair with `invoke bundle-key`)")
-    context = root / "images"
+    context = resources.images()  # the shipped runner.Dockerfile and the files it copies
     return docker.build(str(context), str(context / "runner.Dockerfile"), tag=tag, labels={docker.LABEL: "runner"},
                         buildargs={"BASE_IMAGE": image.id, "TRUSTED_PUBLIC_KEYS": " ".join(keys)})
 

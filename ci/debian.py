@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import docker, runner
+from . import docker, resources, runner
 from .errors import BuildFailed, CommandFailed, ConfigError
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ IMAGE_CHANGES = [
 PACKAGES_LABEL = f"{docker.LABEL}.packages"
 
 # Files laid over the root filesystem: nix.conf for a root, sandbox-less, offline Nix.
-OVERLAY = Path(__file__).resolve().parent.parent / "images" / "debian-builder"
+OVERLAY = resources.shipped("debian-builder")
 
 
 # Debian 13: its nix-bin (2.26) evaluates the pinned nixpkgs, which needs Nix 2.18

@@ -21,13 +21,13 @@ from typing import TypeVar
 
 import tenacity
 
-from . import credentials, runner
+from . import credentials, resources, runner
 from .errors import NO_SPACE_HINT, CommandFailed, DiskFull, RegistryError, RegistryUnreachable
 from .refs import is_loopback
 
 log = logging.getLogger(__name__)
 
-POLICY = Path(__file__).resolve().parent.parent / "images" / "policy.json"
+POLICY = resources.shipped("policy.json")
 
 T = TypeVar("T")
 
