@@ -243,9 +243,10 @@ def workflows(c, check=False, dir=None):
         for line in ci_workflows.mirror(directory, root):
             say(line)
         return
-    report = ci_workflows.check(directory, root, ns)
-    say(f"ok: {report.files} workflow files, {report.invocations} invoke commands, all real; "
-        f"schema valid; actionlint {report.actionlint}; zizmor {report.zizmor}")
+    readme = root / "README.md"
+    report = ci_workflows.check(directory, root, ns, examples=readme if readme.exists() and not dir else None)
+    say(f"ok: {report.files} workflow files and {report.examples} in README.md, {report.invocations} invoke commands, "
+        f"all real; schema valid; actionlint {report.actionlint}; zizmor {report.zizmor}")
 
 
 @task

@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import shlex
+import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -148,6 +149,7 @@ class Report:
     invocations: int
     actionlint: str  # its version, or why it did not run
     zizmor: str = "not installed"  # likewise
+    examples: int = 0  # workflow files shown in the README, checked as the others
 
 
 def load(directory: Path, root: Path) -> tuple[list[Workflow], list[Problem]]:
@@ -207,8 +209,14 @@ def resolve(invocation: Invocation, collection: Collection) -> Invocation | Prob
     return replace(invocation, tasks=tuple(c.name for c in parsed if c.name))
 
 
-def check(directory: Path, root: Path, collection: Collection) -> Report:
-    """Check the workflows in `directory` against `collection`; raise ConfigError naming every problem."""
+def check(directory: Path, root: Path, collection: Collection, *, examples: Path | None = None) -> Report:
+    """Check the workflows in `directory` against `collection`, and those `examples` (a markdown file) shows;
+    raise ConfigError naming every problem."""
+    with tempfile.TemporaryDirectory(prefix="nix-ci-examples-") as scratch:  # the examples, as files for the checkers
+        return _check(directory, root, collection, examples, Path(scratch))
+
+
+def _check(directory: Path, root: Path, collection: Collection, examples: Path | None, scratch: Path) -> Report:
     workflows, problems = load(directory, root)
     calls: list[Invocation] = []
     for workflow in workflows:
@@ -223,6 +231,11 @@ def check(directory: Path, root: Path, collection: Collection) -> Report:
             calls.append(resolved)
         problems += conventions(workflow)
     problems += declared(workflows, calls, collection, _label(directory, root))
+    shown, unreadable_examples = _examples(examples, scratch) if examples else ([], [])
+    problems += unreadable_examples
+    for workflow in shown:
+        problems += conventions(workflow)
+    workflows = [*workflows, *shown]
     files = [w.path for w in workflows]
     problems += schema_problems(files, workflows)
     actionlint, linted = actionlint_problems(files, workflows)
@@ -241,7 +254,25 @@ def check(directory: Path, root: Path, collection: Collection) -> Report:
             (first.hint or "fix the workflow") + more,
             details="\n".join(p.line() for p in problems) if len(problems) > 1 else "",
         )
-    return Report(len(workflows), len(calls), actionlint, zizmor)  # every call resolved: there were no problems
+    # Every call resolved: there were no problems.
+    return Report(len(workflows) - len(shown), len(calls), actionlint, zizmor, len(shown))
+
+
+# A workflow shown in markdown: a ```yaml block whose first line names its file.
+_EXAMPLE = re.compile(r"^```ya?ml\n(# \.github/workflows/([\w.-]+\.ya?ml)\n.*?)^```", re.M | re.S)
+
+
+def _examples(markdown: Path, target: Path) -> tuple[list[Workflow], list[Problem]]:
+    """The workflows `markdown` shows, written into `target` and loaded, labelled by where they are shown."""
+    found = _EXAMPLE.findall(markdown.read_text(encoding="utf-8"))
+    if not found:
+        return [], []
+    for body, name in found:
+        (target / name).write_text(body, encoding="utf-8")
+    loaded, problems = load(target, target)
+    label = f"{markdown.name} example "
+    return ([replace(w, label=label + w.label) for w in loaded],
+            [replace(p, where=replace(p.where, file=label + p.where.file)) for p in problems])
 
 
 def mirror(directory: Path, root: Path) -> list[str]:

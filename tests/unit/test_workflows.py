@@ -314,3 +314,14 @@ def test_dependabot_config_beside_the_workflows_is_checked(copy):
     text = (ROOT / ".github" / "dependabot.yml").read_text()
     (copy.parent / "dependabot.yml").write_text(text.replace("interval: weekly", "interval: fortnightly", 1))
     assert_one_line_error(check(copy), "dependabot.yml", "fortnightly", "(vendor.dependabot schema)")
+
+
+def test_the_readme_example_is_checked_as_a_workflow(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    assert "# .github/workflows/image.yml\n" in readme
+    markdown = tmp_path / "README.md"
+    markdown.write_text(readme.replace("permissions:\n  contents: read\nconcurrency:\n  group: image-",
+                                       "permissions:\n  contents: write\nconcurrency:\n  group: image-"))
+    with pytest.raises(workflows.ConfigError) as refused:
+        workflows.check(WORKFLOWS, ROOT, tasks.ns, examples=markdown)
+    assert refused.value.message == "README.md example image.yml: grants contents: write to every job"
