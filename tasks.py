@@ -65,6 +65,9 @@ def build_cache(c, from_debian=False, tool=None, refresh_builder=False, suite=No
                                   substituter=pulled)
     say(f"{c.builder.cache} {image.id}")
     github.report("build-cache", github.built(c.builder.cache, image))
+    if push:  # publish only what works: a web build on the new cache first
+        smoke = build.build_web(_project(c), _builder(c), _cache(c), name=c.web.name, complete=False, attr=c.web.attr)
+        say(f"smoke test: {smoke.tags[0]} built on the new cache")
     for pushed in build.publish_cache(_project(c), _cache(c), push) if push else []:
         say(pushed.line())
         github.report("build-cache", github.pushed(pushed))

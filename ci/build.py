@@ -108,14 +108,14 @@ def build_cache(project: Project, builder: BuilderSettings, settings: CacheSetti
 
 
 def publish_cache(project: Project, settings: CacheSettings, namespace: str) -> list[Pushed]:
-    """Push nix-base and nix-cache to NAMESPACE/…, tagged by date and package set, latest last."""
-    from . import transfer
+    """Push nix-base and nix-cache to NAMESPACE/…, tagged by date and package set, then latest of both, last
+    (ci.release): a failure leaves both latest tags where they were."""
+    from . import release
 
-    tags = [datetime.datetime.now(datetime.UTC).date().isoformat(), f"pkgs-{project.package_set_id()}", "latest"]
-    pushed = []
-    for local, name in ((settings.base, "nix-base"), (settings.cache, "nix-cache")):
-        pushed += transfer.push(local, [f"docker://{namespace}/{name}:{tag}" for tag in tags])
-    return pushed
+    tags = [datetime.datetime.now(datetime.UTC).date().isoformat(), f"pkgs-{project.package_set_id()}"]
+    members = [release.Member(local, f"{namespace}/{name}")
+               for local, name in ((settings.base, "nix-base"), (settings.cache, "nix-cache"))]
+    return release.publish(members, tags)
 
 
 @docker.needs_engine("building {name}")
