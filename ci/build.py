@@ -132,7 +132,7 @@ def build_web(project: Project, builder: BuilderSettings, settings: CacheSetting
         raise ConfigError(f"the complete flow builds only the web image, not {attr}", "build it without --complete")
     cache_image = cache_images.find(project, settings)
     if cache_image is None:
-        log.warning("no cache image: building %s and %s first (invoke build-cache)", settings.base, settings.cache)
+        cache_images.missing(settings)
         cache_image = build_cache(project, builder, settings, substituter=substituter)
     dockerfile = "web-complete" if complete else "web"
     args = project.buildargs(dockerfile, CACHE_IMAGE=cache_image.id, ATTR=attr)
