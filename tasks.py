@@ -66,6 +66,9 @@ def build_cache(c, from_debian=False, tool=None, refresh_builder=False, suite=No
                                   substituter=pulled)
     say(f"{c.builder.cache} {image.id}")
     github.report("build-cache", github.built(c.builder.cache, image))
+    if push:  # publish only what works: a web build on the new cache first
+        smoke = build.build_web(_project(c), _builder(c), _cache(c), name=c.web.name, complete=False, attr=c.web.attr)
+        say(f"smoke test: {smoke.tags[0]} built on the new cache")
     for pushed in build.publish_cache(_project(c), _cache(c), push) if push else []:
         say(pushed.line())
         github.report("build-cache", github.pushed(pushed))
@@ -83,7 +86,7 @@ def build_web(c, complete=False, cache_from=None, substituter=None):
     """Build the web image and load it into Docker as web:<tag> and web:latest."""
     with _substituter(c, substituter) as pulled:
         image = build.build_web(_project(c), _builder(c), _cache(c, cache_from), name=c.web.name, complete=complete,
-                                substituter=pulled)
+                                substituter=pulled, attr=c.web.attr)
     for tag in image.tags:
         say(f"{tag} {image.id}")
     github.report("build-web", github.built(c.web.name, image))
@@ -220,7 +223,7 @@ def extract(c, image, to):
 @report_errors
 def check_nix(c):
     """Check that every Nix file of the project parses (needs Nix on the host, no nixpkgs)."""
-    from ci import nix
+    from ci.tools import nix
 
     files = nix.parse_all(_project(c).root)
     say(f"{len(files)} Nix files parse")
@@ -228,7 +231,8 @@ def check_nix(c):
 
 @task(help={
     "check": "fail (one line naming file, job and step) unless every workflow runs only real tasks and flags, "
-             "every task declared for CI has its workflow, and the files pass the schema and actionlint",
+             "every task declared for CI has its workflow, and the files pass the schema, actionlint, zizmor "
+             "and the permission, trigger and pinning rules",
     "dir": "workflow directory to read (default .github/workflows of the project)",
 })
 @report_errors
@@ -242,9 +246,20 @@ def workflows(c, check=False, dir=None):
         for line in ci_workflows.mirror(directory, root):
             say(line)
         return
-    report = ci_workflows.check(directory, root, ns)
-    say(f"ok: {report.files} workflow files, {report.invocations} invoke commands, all real; "
-        f"schema valid; actionlint {report.actionlint}")
+    readme = root / "README.md"
+    report = ci_workflows.check(directory, root, ns, examples=readme if readme.exists() and not dir else None)
+    say(f"ok: {report.files} workflow files and {report.examples} in README.md, {report.invocations} invoke commands, "
+        f"all real; schema valid; actionlint {report.actionlint}; zizmor {report.zizmor}")
+
+
+@task
+@report_errors
+def lock(c):
+    """Regenerate the hash-locked requirements files from pyproject.toml's pins (uv pip compile)."""
+    from ci import lock as ci_lock
+
+    for written in ci_lock.regenerate(Path(c.project.root or HERE)):
+        say(f"{written.path.name}: {len(written.pins)} packages, each pinned with its hashes")
 
 
 def _path(c, flag, configured):
@@ -271,7 +286,7 @@ def build_vm(c, ssh_key=None, ssh_key_file=None, hostname=None, disk_size=None, 
         key_files=ssh_key_file if given else vm.as_list(c.vm.ssh_key_files, os.pathsep),
         user=c.vm.user, hostname=hostname or c.vm.hostname, disk_size=disk_size or c.vm.disk_size,
     )
-    from ci import qemu
+    from ci.tools import qemu
 
     accel = qemu.acceleration(kvm)
     built = vm.build_vm(Path(c.project.root or HERE), builder=c.builder.base, expression=c.vm.expression,
@@ -485,15 +500,16 @@ def cache_pull(c, source, to=None, insecure=False):
 
 
 ns = Collection(build_base, build_cache, build_web, verify_reproducible, run_web, stop_web, build_services, start, stop,
-                push, extract, check_nix, workflows,
+                push, extract, check_nix, workflows, lock,
                 build_vm, cidata, run_vm, push_vm, pull_vm,
                 bundle_key, bundle, build_runner, cache_push, cache_pull)
 ns.configure({
     "project": {
-        "root": None,  # the build context; None: the directory of this file
+        "root": None,  # the build context; None: the directory of this file (nix-ci: the current directory)
     },
     "web": {
         "name": "web",  # the image name, as the images file sets it
+        "attr": "web",  # the images file's attribute build-web builds
         "pkgs": "nix/nixpkgs",  # package set, relative to the project
         "images": "nix/images.nix",  # images file, relative to the project
         "container": "web",  # container name used by run-web and stop-web

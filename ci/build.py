@@ -108,14 +108,14 @@ def build_cache(project: Project, builder: BuilderSettings, settings: CacheSetti
 
 
 def publish_cache(project: Project, settings: CacheSettings, namespace: str) -> list[Pushed]:
-    """Push nix-base and nix-cache to NAMESPACE/…, tagged by date and package set, latest last."""
-    from . import transfer
+    """Push nix-base and nix-cache to NAMESPACE/…, tagged by date and package set, then latest of both, last
+    (ci.release): a failure leaves both latest tags where they were."""
+    from . import release
 
-    tags = [datetime.datetime.now(datetime.UTC).date().isoformat(), f"pkgs-{project.package_set_id()}", "latest"]
-    pushed = []
-    for local, name in ((settings.base, "nix-base"), (settings.cache, "nix-cache")):
-        pushed += transfer.push(local, [f"docker://{namespace}/{name}:{tag}" for tag in tags])
-    return pushed
+    tags = [datetime.datetime.now(datetime.UTC).date().isoformat(), f"pkgs-{project.package_set_id()}"]
+    members = [release.Member(local, f"{namespace}/{name}")
+               for local, name in ((settings.base, "nix-base"), (settings.cache, "nix-cache"))]
+    return release.publish(members, tags)
 
 
 def build_web(project: Project, builder: BuilderSettings, settings: CacheSettings, *,
@@ -137,7 +137,7 @@ def build_image(project: Project, builder: BuilderSettings, settings: CacheSetti
         raise ConfigError(f"the complete flow builds only the web image, not {attr}", "build it without --complete")
     cache_image = cache_images.find(project, settings)
     if cache_image is None:
-        log.warning("no cache image: building %s and %s first (invoke build-cache)", settings.base, settings.cache)
+        cache_images.missing(settings)
         cache_image = build_cache(project, builder, settings, substituter=substituter)
     dockerfile = "web-complete" if complete else "web"
     args = project.buildargs(dockerfile, CACHE_IMAGE=cache_image.id, ATTR=attr)

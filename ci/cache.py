@@ -14,6 +14,7 @@ import datetime
 import logging
 from dataclasses import dataclass
 
+from . import github
 from .core import credentials
 from .core.errors import ConfigError, NetworkUnavailable, RegistryError
 from .project import Project
@@ -59,8 +60,8 @@ def find(project: Project, settings: CacheSettings) -> docker.Image | None:
     age = datetime.datetime.now(datetime.UTC) - image.created
     log.info("using the cache image %s (%s, built %s ago)", where, image.id[7:19], _days(age))
     if age > datetime.timedelta(days=settings.max_age_days):
-        log.warning("warning: the cache image is %s old, more than %g days; rebuild it with `invoke build-cache`",
-                    _days(age), settings.max_age_days)
+        _warn(f"the cache image is {_days(age)} old, more than {settings.max_age_days:g} days; "
+              "rebuild it with `invoke build-cache`", "stale cache image")
     return image
 
 
@@ -70,12 +71,12 @@ def _pull(ref: str, local: str) -> docker.Image | None:
     try:
         image = docker.pull(ref, credentials.for_registry(ref.split("/", 1)[0]))
     except (RegistryError, NetworkUnavailable) as exc:
-        log.warning("warning: cannot use the cache image: %s; building without it", exc.message)
+        _warn(f"cannot use the cache image: {exc.message}; building without it", "unusable cache image")
         return None
     if image.architecture != docker.engine_architecture():
         docker.remove_image(ref)
-        log.warning("warning: the cache image %s is for %s, not this engine's %s; building without it",
-                    ref, image.architecture or "an unknown platform", docker.engine_architecture())
+        _warn(f"the cache image {ref} is for {image.architecture or 'an unknown platform'}, "
+              f"not this engine's {docker.engine_architecture()}; building without it", "unusable cache image")
         return None
     try:
         _check_role(image, ref)
@@ -84,6 +85,17 @@ def _pull(ref: str, local: str) -> docker.Image | None:
         raise
     docker.tag(image.id, local)
     return image
+
+
+def _warn(message: str, title: str) -> None:
+    """A log line, and on GitHub an annotation too."""
+    log.warning("warning: %s", message)
+    github.warning(message, title)
+
+
+def missing(settings: CacheSettings) -> None:
+    """Say that there is no cache image, so that everything is built."""
+    _warn(f"no cache image: building {settings.base} and {settings.cache} first (invoke build-cache)", "no cache image")
 
 
 def _check_role(image: docker.Image, where: str) -> None:

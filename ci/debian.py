@@ -16,7 +16,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import process
+from .core import process, resources
 from .core.errors import BuildFailed, CommandFailed, ConfigError
 from .tools import docker
 
@@ -39,7 +39,7 @@ IMAGE_CHANGES = [
 PACKAGES_LABEL = f"{docker.LABEL}.packages"
 
 # Files laid over the root filesystem: nix.conf for a root, sandbox-less, offline Nix.
-OVERLAY = Path(__file__).resolve().parent.parent / "images" / "debian-builder"
+OVERLAY = resources.shipped("debian-builder")
 
 
 # Debian 13: its nix-bin (2.26) evaluates the pinned nixpkgs, which needs Nix 2.18

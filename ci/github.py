@@ -120,6 +120,14 @@ def error(message: str, title: str = "") -> None:
     _command(f"::error{properties}::{_escape_data(scrub(message))}")
 
 
+def warning(message: str, title: str = "") -> None:
+    """A warning annotation on the run: shown on the run's page, not only inside a folded group."""
+    if not active():
+        return
+    properties = f" title={_escape_property(scrub(title))}" if title else ""
+    _command(f"::warning{properties}::{_escape_data(scrub(message))}")
+
+
 def set_outputs(values: Mapping[str, str]) -> None:
     """Append step outputs to $GITHUB_OUTPUT; multi-line values use a heredoc delimiter."""
     if not active() or not os.environ.get("GITHUB_OUTPUT"):

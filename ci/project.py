@@ -15,7 +15,7 @@ from pathlib import Path
 
 from docker.utils.build import exclude_paths
 
-from .core import process
+from .core import process, resources
 from .core.errors import CommandFailed, ConfigError, ToolMissing
 
 # Tags that carry an image's identity start with this: name:id-<inputs>.
@@ -43,7 +43,9 @@ class Project:
                 )
 
     def dockerfile(self, name: str) -> str:
-        return str(self.root / "images" / f"{name}.Dockerfile")
+        """The project's images/NAME.Dockerfile when it has one, else the toolkit's."""
+        own = self.root / "images" / f"{name}.Dockerfile"
+        return str(own if own.is_file() else resources.shipped(f"{name}.Dockerfile"))
 
     def buildargs(self, dockerfile: str, **extra: str) -> dict[str, str]:
         """The build arguments `dockerfile` declares, from the project and `extra`."""
@@ -92,7 +94,8 @@ class Project:
     def context_files(self) -> list[str]:
         """The files docker sends as build context (after .dockerignore), sorted."""
         ignore = self.root / ".dockerignore"
-        patterns = [line.strip() for line in ignore.read_text().splitlines()] if ignore.exists() else []
+        # No .dockerignore: everything but git's own files (a new commit alone changes no image).
+        patterns = [line.strip() for line in ignore.read_text().splitlines()] if ignore.exists() else [".git"]
         patterns = [p for p in patterns if p and not p.startswith("#")]
         included = exclude_paths(str(self.root), patterns)
         return sorted(p for p in included if not (self.root / p).is_dir() or (self.root / p).is_symlink())

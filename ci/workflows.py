@@ -7,12 +7,13 @@ exist or passes a flag the task does not take (judged by invoke's own parser
 against the real collection), a task declared for CI below is run by no
 workflow, a file breaks our conventions (permissions, timeouts, concurrency,
 actions pinned to commit SHAs), or a file is invalid for GitHub (the
-workflow JSON schema through check-jsonschema, and actionlint when it is
-installed).
+workflow JSON schema through check-jsonschema, and actionlint and the zizmor
+security audit when they are installed; ci.workflow_policy holds the
+permission, trigger and pinning rules).
 
-It is longer than the other modules (about 500 lines) because the check is
-many small rules about one thing, the workflow files; split, they would read
-as unrelated.
+It is longer than the other modules (about 550 lines) because the check is
+many small rules about one thing, the workflow files; split further, they
+would read as unrelated.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ import json
 import logging
 import re
 import shlex
+import tempfile
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,11 +42,11 @@ DIRECTORY = ".github/workflows"
 # Tasks CI must run, and the workflow file that runs each. A task missing
 # from its workflow fails the check; tasks not listed here are local-only.
 CI_TASKS: dict[str, str] = {
-    "build-cache": "build-cache.yml",
-    "build-web": "build-web.yml",
-    "run-web": "build-web.yml",
-    "stop-web": "build-web.yml",
-    "push": "build-web.yml",
+    "build-cache": "nix-image.yml",
+    "build-web": "nix-image.yml",
+    "run-web": "nix-image.yml",
+    "stop-web": "nix-image.yml",
+    "push": "nix-image.yml",
 }
 
 SCHEMA = "vendor.github-workflows"  # check-jsonschema's copy of the schema GitHub publishes
@@ -53,8 +55,6 @@ SCHEMA = "vendor.github-workflows"  # check-jsonschema's copy of the schema GitH
 # same files could pass here and fail on a runner that has them: never use them.
 ACTIONLINT_ARGS = ["-shellcheck=", "-pyflakes=", "-no-color", "-format", "{{json .}}"]
 
-_PINNED = re.compile(r"^[\w.-]+/[\w./-]+@[0-9a-f]{40}$")
-_VERSION_COMMENT = re.compile(r"#\s*v?\d+(\.\d+)*\s*$")
 _EXPRESSION = re.compile(r"\$\{\{.*?\}\}")
 _SEPARATOR = re.compile(r"^[;&|()]+$")
 _REDIRECT = re.compile(r"^\d*[<>]+&?$")
@@ -116,9 +116,15 @@ class Workflow:
             return [on]
         return [str(t) for t in on] if isinstance(on, (list, dict)) else []
 
+    @property
+    def reusable(self) -> bool:
+        """Only `on: workflow_call`: its caller's job decides permissions and concurrency."""
+        return self.triggers == ["workflow_call"]
+
     def locate(self, line: int) -> Where:
         """The job and step that hold a 1-based line."""
-        for job in self.jobs:
+        # A job's last line is where the next one starts: the later job holds it.
+        for job in sorted(self.jobs, key=lambda j: -j.lines[0]):
             if job.lines[0] <= line <= job.lines[1]:
                 steps = [s for s in job.steps if s.line <= line]
                 return steps[-1].where if steps else Where(self.label, job.id)
@@ -132,10 +138,11 @@ class Invocation:
     where: Where
     argv: tuple[str, ...]
     tasks: tuple[str, ...]
+    program: str = "invoke"  # or nix-ci, the installed command
 
     def command(self) -> str:
         # As written in the step: shlex.join would single-quote "$VARIABLES".
-        return " ".join(["invoke", *(a if re.fullmatch(r"[\w@%+=:,./$-]+", a) else f'"{a}"' for a in self.argv)])
+        return " ".join([self.program, *(a if re.fullmatch(r"[\w@%+=:,./$-]+", a) else f'"{a}"' for a in self.argv)])
 
 
 @dataclass(frozen=True)
@@ -145,6 +152,8 @@ class Report:
     files: int
     invocations: int
     actionlint: str  # its version, or why it did not run
+    zizmor: str = "not installed"  # likewise
+    examples: int = 0  # workflow files shown in the README, checked as the others
 
 
 def load(directory: Path, root: Path) -> tuple[list[Workflow], list[Problem]]:
@@ -187,7 +196,8 @@ def invocations(workflow: Workflow) -> tuple[list[Invocation], list[Problem]]:
             for words in commands:
                 argv = _invoke_argv(words)
                 if argv is not None:
-                    found.append(Invocation(step.where, tuple(argv), ()))
+                    program = "nix-ci" if any(w.rsplit("/", 1)[-1] == "nix-ci" for w in words) else "invoke"
+                    found.append(Invocation(step.where, tuple(argv), (), program))
     return found, problems
 
 
@@ -200,11 +210,17 @@ def resolve(invocation: Invocation, collection: Collection) -> Invocation | Prob
     except ParseError as exc:
         return Problem(invocation.where, *_explain(exc, invocation, contexts))
     # No task at all (`invoke --list`) is fine: it only shows what there is.
-    return Invocation(invocation.where, invocation.argv, tuple(c.name for c in parsed if c.name))
+    return replace(invocation, tasks=tuple(c.name for c in parsed if c.name))
 
 
-def check(directory: Path, root: Path, collection: Collection) -> Report:
-    """Check the workflows in `directory` against `collection`; raise ConfigError naming every problem."""
+def check(directory: Path, root: Path, collection: Collection, *, examples: Path | None = None) -> Report:
+    """Check the workflows in `directory` against `collection`, and those `examples` (a markdown file) shows;
+    raise ConfigError naming every problem."""
+    with tempfile.TemporaryDirectory(prefix="nix-ci-examples-") as scratch:  # the examples, as files for the checkers
+        return _check(directory, root, collection, examples, Path(scratch))
+
+
+def _check(directory: Path, root: Path, collection: Collection, examples: Path | None, scratch: Path) -> Report:
     workflows, problems = load(directory, root)
     calls: list[Invocation] = []
     for workflow in workflows:
@@ -215,15 +231,24 @@ def check(directory: Path, root: Path, collection: Collection) -> Report:
             if isinstance(resolved, Problem):
                 problems.append(resolved)
                 # Still counts as running the tasks it names: one mistake, one problem.
-                resolved = Invocation(invocation.where, invocation.argv,
-                                      tuple(word for word in invocation.argv if word in collection.task_names))
+                resolved = replace(invocation, tasks=tuple(word for word in invocation.argv if word in collection.task_names))
             calls.append(resolved)
         problems += conventions(workflow)
     problems += declared(workflows, calls, collection, _label(directory, root))
+    shown, unreadable_examples = _examples(examples, scratch) if examples else ([], [])
+    problems += unreadable_examples
+    for workflow in shown:
+        problems += conventions(workflow)
+    workflows = [*workflows, *shown]
     files = [w.path for w in workflows]
     problems += schema_problems(files, workflows)
     actionlint, linted = actionlint_problems(files, workflows)
     problems += linted
+    # Dependabot's configuration sits beside the workflows: its schema, and zizmor's audits of it.
+    dependabot = [path for path in (directory.parent / "dependabot.yml",) if path.exists()]
+    problems += schema_problems(dependabot, [], schema="vendor.dependabot")
+    zizmor, audited = zizmor_problems([*files, *dependabot], workflows)
+    problems += audited
     if problems:
         others = len(problems) - 1
         more = f" ({others} more problem{'s' if others > 1 else ''} listed above)" if others else ""
@@ -233,7 +258,25 @@ def check(directory: Path, root: Path, collection: Collection) -> Report:
             (first.hint or "fix the workflow") + more,
             details="\n".join(p.line() for p in problems) if len(problems) > 1 else "",
         )
-    return Report(len(workflows), len(calls), actionlint)  # every call resolved: there were no problems
+    # Every call resolved: there were no problems.
+    return Report(len(workflows) - len(shown), len(calls), actionlint, zizmor, len(shown))
+
+
+# A workflow shown in markdown: a ```yaml block whose first line names its file.
+_EXAMPLE = re.compile(r"^```ya?ml\n(# \.github/workflows/([\w.-]+\.ya?ml)\n.*?)^```", re.M | re.S)
+
+
+def _examples(markdown: Path, target: Path) -> tuple[list[Workflow], list[Problem]]:
+    """The workflows `markdown` shows, written into `target` and loaded, labelled by where they are shown."""
+    found = _EXAMPLE.findall(markdown.read_text(encoding="utf-8"))
+    if not found:
+        return [], []
+    for body, name in found:
+        (target / name).write_text(body, encoding="utf-8")
+    loaded, problems = load(target, target)
+    label = f"{markdown.name} example "
+    return ([replace(w, label=label + w.label) for w in loaded],
+            [replace(p, where=replace(p.where, file=label + p.where.file)) for p in problems])
 
 
 def mirror(directory: Path, root: Path) -> list[str]:
@@ -271,34 +314,27 @@ def declared(workflows: Sequence[Workflow], calls: Sequence[Invocation], collect
 
 
 def conventions(workflow: Workflow) -> list[Problem]:
-    """The project's rules: least-privilege permissions, concurrency, timeouts, pinned actions."""
-    problems = []
-    where = Where(workflow.label)
-    if "permissions" not in workflow.data:
-        problems.append(Problem(where, "has no top-level permissions", "add `permissions: {contents: read}`"))
-    elif workflow.data["permissions"] in ("write-all", "read-all"):
-        problems.append(Problem(where, f"grants {workflow.data['permissions']}",
-                                "list only the scopes it needs, e.g. `contents: read`"))
+    """The project's rules: concurrency and timeouts here; permissions, triggers and pins in ci.workflow_policy."""
+    from . import workflow_policy  # it builds this module's Problems: imported once this module is loaded
+
+    problems = workflow_policy.problems(workflow)
     for job in workflow.jobs:
         job_where = Where(workflow.label, job.id)
         if "timeout-minutes" not in job.data and "uses" not in job.data:
             problems.append(Problem(job_where, "has no timeout-minutes", "add one: GitHub's default is 6 hours"))
-        if "concurrency" not in workflow.data and "concurrency" not in job.data:
+        if "concurrency" not in workflow.data and "concurrency" not in job.data and not workflow.reusable:
             problems.append(Problem(job_where, "has no concurrency group",
                                     "add `concurrency:` to the workflow so superseded runs stop"))
-        for step in job.steps:
-            if step.uses and not step.uses.startswith(("./", "docker://")):
-                problems += _pin_problems(workflow, step)
     return problems
 
 
-def schema_problems(files: Sequence[Path], workflows: Sequence[Workflow]) -> list[Problem]:
-    """Validate against GitHub's workflow schema with check-jsonschema."""
+def schema_problems(files: Sequence[Path], workflows: Sequence[Workflow], schema: str = SCHEMA) -> list[Problem]:
+    """Validate against GitHub's workflow schema (or another of check-jsonschema's) with check-jsonschema."""
     if not files:
         return []
     by_path = {str(w.path.resolve()): w for w in workflows}
     output = _json_output("check-jsonschema",
-                          ["--builtin-schema", SCHEMA, "--output-format", "json", *map(str, files)],
+                          ["--builtin-schema", schema, "--output-format", "json", *map(str, files)],
                           failing_code=1, hint="pip install check-jsonschema (it is in the [test] extra)")
     problems = []
     output = output or {}
@@ -306,8 +342,9 @@ def schema_problems(files: Sequence[Path], workflows: Sequence[Workflow]) -> lis
         workflow = by_path.get(str(Path(error.get("filename", "")).resolve()))
         match = error.get("best_deep_match") or error.get("best_match") or error
         where = _where_in(workflow, match.get("path", "$")) if workflow else Where(error.get("filename", "?"))
-        problems.append(Problem(where, f"{_short_path(match.get('path', '$'))}{match.get('message', '')} "
-                                       "(GitHub workflow schema)", "see GitHub's workflow syntax reference"))
+        what = "GitHub workflow schema" if schema == SCHEMA else f"{schema} schema"
+        problems.append(Problem(where, f"{_short_path(match.get('path', '$'))}{match.get('message', '')} ({what})",
+                                "see GitHub's syntax reference for the file"))
     for error in output.get("parse_errors", []):
         problems.append(Problem(Where(error.get("filename", "?")), f"cannot be parsed: {error.get('message', '')}"))
     return problems
@@ -333,6 +370,25 @@ def actionlint_problems(files: Sequence[Path], workflows: Sequence[Workflow]) ->
         where = workflow.locate(line) if workflow else Where(error.get("filepath", "?"))
         problems.append(Problem(where, f"line {line}: {error.get('message', '')} (actionlint {error.get('kind', '')})",
                                 "fix it, or see actionlint's docs/checks.md"))
+    return version, problems
+
+
+def zizmor_problems(files: Sequence[Path], workflows: Sequence[Workflow]) -> tuple[str, list[Problem]]:
+    """Audit with zizmor (pedantic, offline) if it is installed; returns its version (or why it did not run) and problems."""
+    from . import zizmor
+
+    version = zizmor.version()
+    if version is None:
+        log.info("zizmor is not installed: skipped (%s)", zizmor.INSTALL)
+        return "not installed", []
+    by_path = {str(w.path.resolve()): w for w in workflows}
+    problems = []
+    for finding in zizmor.audit(files):
+        workflow = by_path.get(str(Path(finding.path).resolve()))
+        where = workflow.locate(finding.line) if workflow else Where(finding.path)
+        problems.append(Problem(where, f"line {finding.line}: {finding.what} (zizmor {finding.audit})",
+                                f"fix it, or ignore it on that line with `# zizmor: ignore[{finding.audit}]` and the reason; "
+                                f"see {finding.url}"))
     return version, problems
 
 
@@ -441,7 +497,7 @@ def _invoke_argv(words: list[str]) -> list[str] | None:
     if not words:
         return None
     program = words[0].rsplit("/", 1)[-1]
-    if program in ("invoke", "inv"):
+    if program in ("invoke", "inv", "nix-ci"):  # nix-ci: the installed command, the same tasks
         return words[1:]
     if re.fullmatch(r"python(\d+(\.\d+)?)?", program) and words[1:3] == ["-m", "invoke"]:
         return words[3:]
@@ -481,18 +537,6 @@ def _takes(context: ParserContext) -> str:
 
 def _names(contexts: list[ParserContext]) -> str:
     return ", ".join(sorted(c.name for c in contexts))
-
-
-def _pin_problems(workflow: Workflow, step: Step) -> list[Problem]:
-    if not _PINNED.match(step.uses):
-        return [Problem(step.where, f"uses {step.uses}, not pinned to a full commit SHA",
-                        "pin it: owner/action@<40-hex SHA> # vX.Y.Z")]
-    lines = workflow.text.splitlines()
-    line = next((text for text in lines[step.line - 1:] if step.uses in text), "")
-    if not _VERSION_COMMENT.search(line):
-        return [Problem(step.where, f"uses {step.uses} without its version in a comment",
-                        "add the release it is, e.g. `# v7.0.1`")]
-    return []
 
 
 def _where_in(workflow: Workflow, path: str) -> Where:

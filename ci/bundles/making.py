@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from ..builder import BUILDER_HINT, OFFLINE_HINT, inputs_tar
+from ..core import resources
 from ..core.errors import BuildFailed, ConfigError, naming_full_disk
 from ..core.files import writable_directory
 from ..tools import docker, nix
@@ -30,7 +31,7 @@ COMPRESSIONS = ("zstd", "xz", "bzip2", "none")
 
 
 # The runner's files the builder container needs.
-SCRIPTS = Path(__file__).resolve().parents[2] / "images" / "runner"
+SCRIPTS = resources.shipped("runner")
 BUILD_DIR = "/bundle-build"  # the project's Nix files, as in the vm build
 INPUT_DIR = "/bundle-in"  # the script and the secret key
 OUTPUT_DIR = "/bundle-out"  # cache/ and result, tarred on the host

@@ -21,14 +21,14 @@ from typing import TypeVar
 
 import tenacity
 
-from ..core import credentials, process
+from ..core import credentials, process, resources
 from ..core.errors import NO_SPACE_HINT, CommandFailed, DiskFull, RegistryError, RegistryUnreachable
 from ..core.refs import is_loopback
 from . import registry
 
 log = logging.getLogger(__name__)
 
-POLICY = Path(__file__).resolve().parents[2] / "images" / "policy.json"
+POLICY = resources.shipped("policy.json")
 
 # skopeo --debug lines, parsed but never shown.
 _DEBUG = re.compile(r'^time="[^"]*" level=debug ')

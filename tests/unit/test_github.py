@@ -135,3 +135,22 @@ def test_a_failing_task_off_github_prints_no_workflow_commands(tmp_path):
     outcome = invoke("push", "nope", "--to", f"oci:{tmp_path}/layout", env={"GITHUB_ACTIONS": ""})
     assert_one_line_error(outcome, "unknown image 'nope'")
     assert "::" not in outcome.stderr
+
+
+def test_warnings_become_annotations(on_github, capsys):
+    github.warning("the cache image is 9.0 days old, more than 7 days", title="stale cache image")
+    assert capsys.readouterr().err == "::warning title=stale cache image::the cache image is 9.0 days old, more than 7 days\n"
+
+
+def test_a_missing_cache_is_a_warning_annotation_on_github(on_github, capsys):
+    from ci import cache
+
+    cache.missing(cache.CacheSettings("nix-base:latest", "nix-cache:latest", None, 7))
+    assert capsys.readouterr().err == ("::warning title=no cache image::no cache image: building nix-base:latest and "
+                                       "nix-cache:latest first (invoke build-cache)\n")
+
+
+def test_warnings_are_silent_off_github(monkeypatch, capsys):
+    monkeypatch.delenv("GITHUB_ACTIONS", raising=False)
+    github.warning("anything")
+    assert capsys.readouterr().err == ""
