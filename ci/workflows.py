@@ -375,7 +375,7 @@ def actionlint_problems(files: Sequence[Path], workflows: Sequence[Workflow]) ->
 
 def zizmor_problems(files: Sequence[Path], workflows: Sequence[Workflow]) -> tuple[str, list[Problem]]:
     """Audit with zizmor (pedantic, offline) if it is installed; returns its version (or why it did not run) and problems."""
-    from . import zizmor
+    from .tools import zizmor
 
     version = zizmor.version()
     if version is None:
