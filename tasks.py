@@ -21,7 +21,10 @@ HERE = Path(__file__).resolve().parent
 
 
 def _project(c):
-    return Project(Path(c.project.root or HERE), c.web.pkgs, c.web.images)
+    from ci.labels import Settings as LabelSettings
+
+    return Project(Path(c.project.root or HERE), c.web.pkgs, c.web.images,
+                   LabelSettings(c.labels.source, c.labels.licenses, c.labels.version))
 
 
 def _builder(c, from_debian=False, tool=None, refresh_builder=False, suite=None):
@@ -129,7 +132,7 @@ def _runner_image(c, entry, cache_from=None):
     """Build the runner's image with the web image's flow (a no-op when it is up to date)."""
     if entry.image is None:
         raise ConfigError(f"the runner {entry.name} has no image", f"set start.{entry.name}.image in invoke.yaml")
-    project = Project(Path(c.project.root or HERE), c.web.pkgs, entry.images)
+    project = Project(Path(c.project.root or HERE), c.web.pkgs, entry.images, _project(c).labels)
     return build.build_web(project, _builder(c), _cache(c, cache_from), name=entry.image, complete=False,
                            attr=entry.image)
 
@@ -526,6 +529,13 @@ ns.configure({
             "host": "127.0.0.1",
             "timeout": 30,
         },
+    },
+    "labels": {
+        # OCI labels of every image built (ci/labels.py). source: the repository's URL; None: GitHub's
+        # repository, else the git remote origin. licenses (SPDX) and version: of the images file's images.
+        "source": None,
+        "licenses": None,
+        "version": None,
     },
     "builder": {
         "image": None,  # None: the digest-pinned default of images/nix-base.Dockerfile

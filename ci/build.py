@@ -88,7 +88,8 @@ def build_base(project: Project, builder: BuilderSettings, *, base: str) -> dock
             raise NetworkUnavailable(f"cannot download the builder image {source}: no network", OFFLINE_HINT) from exc
     log.info("building %s from %s", base, source)
     try:
-        return _build(project, "nix-base", tag=base, labels={docker.LABEL: "base"}, BUILDER_IMAGE=source)
+        return _build(project, "nix-base", tag=base, labels={docker.LABEL: "base", **_builder_labels(project, "nix-base", source)},
+                      BUILDER_IMAGE=source)
     except NetworkUnavailable as exc:
         raise NetworkUnavailable(
             f"cannot download the pinned nixpkgs ({project.pkgs}) while building {base}: no network",
@@ -103,8 +104,8 @@ def build_cache(project: Project, builder: BuilderSettings, settings: CacheSetti
     """build-cache: nix-base, then nix-cache on top of it."""
     base = build_base(project, builder, base=settings.base)
     log.info("building %s from %s", settings.cache, settings.base)
-    return _build(project, "nix-cache", tag=settings.cache, labels=cache_images.labels(project), substituter=substituter,
-                  BASE_IMAGE=base.id)
+    return _build(project, "nix-cache", tag=settings.cache, substituter=substituter, BASE_IMAGE=base.id,
+                  labels={**cache_images.labels(project), **_builder_labels(project, "nix-cache", base.id)})
 
 
 def publish_cache(project: Project, settings: CacheSettings, namespace: str) -> list[Pushed]:
@@ -135,7 +136,7 @@ def build_web(project: Project, builder: BuilderSettings, settings: CacheSetting
         log.warning("no cache image: building %s and %s first (invoke build-cache)", settings.base, settings.cache)
         cache_image = build_cache(project, builder, settings, substituter=substituter)
     dockerfile = "web-complete" if complete else "web"
-    args = project.buildargs(dockerfile, CACHE_IMAGE=cache_image.id, ATTR=attr)
+    args = project.buildargs(dockerfile, CACHE_IMAGE=cache_image.id, ATTR=attr, LABELS=_images_file_labels(project))
     identity = project.digest(Path(project.dockerfile(dockerfile)).read_text(), json.dumps(args, sort_keys=True))
     tags = (f"{name}:{IDENTITY_PREFIX}{identity[:24]}", f"{name}:{project.human_tag()}", f"{name}:latest")
     image = docker.inspect_image(tags[0])
@@ -173,7 +174,8 @@ def _build_image(project: Project, name: str, dockerfile: str, args: dict[str, s
                  substituter: Substituter | None = None, *, tag: str, nocache: bool = False) -> docker.Image:
     """One build of either flow; the image enters the engine tagged `tag`, never untagged or under a temporary name."""
     if dockerfile == "web-complete":
-        built = _build(project, dockerfile, labels={docker.LABEL: "web"}, substituter=substituter, nocache=nocache, **args)
+        labels = {docker.LABEL: "web", "org.opencontainers.image.title": name, **json.loads(args.get("LABELS", "{}"))}
+        built = _build(project, dockerfile, labels=labels, substituter=substituter, nocache=nocache, **args)
         return docker.normalised(built.id, tag)
     return _stream_out(project, name, args, substituter, tag=tag, nocache=nocache)
 
@@ -213,6 +215,24 @@ def _stream_out(project: Project, name: str, args: dict[str, str],
         except BuildFailed as exc:
             raise _nix_failure(exc, "web") from None
 
+
+
+# --- OCI labels (ci.labels) ---
+
+def _builder_labels(project: Project, name: str, built_from: str) -> dict[str, str]:
+    """nix-base's or nix-cache's OCI labels, blanking every other OCI label of the image it is built from."""
+    from . import labels
+
+    base = docker.inspect_image(built_from)
+    return labels.builder_labels(project.root, project.labels, name, version=f"pkgs-{project.package_set_id()}",
+                                 inherited=base.labels if base is not None else None)
+
+
+def _images_file_labels(project: Project) -> str:
+    """The images file's `labels` argument: where its images come from."""
+    from . import labels
+
+    return labels.as_nix_argument(labels.images_file_labels(project.root, project.labels))
 
 
 def _check_named(named: list[str], name: str) -> None:
