@@ -88,8 +88,8 @@ def build_base(project: Project, builder: BuilderSettings, *, base: str) -> dock
             raise NetworkUnavailable(f"cannot download the builder image {source}: no network", OFFLINE_HINT) from exc
     log.info("building %s from %s", base, source)
     try:
-        return _build(project, "nix-base", tag=base, labels={docker.LABEL: "base", **_builder_labels(project, "nix-base", source)},
-                      BUILDER_IMAGE=source)
+        labels = {docker.LABEL: "base", **_builder_labels(project, "nix-base", source)}
+        return _build(project, "nix-base", tag=base, labels=labels, BUILDER_IMAGE=source)
     except NetworkUnavailable as exc:
         raise NetworkUnavailable(
             f"cannot download the pinned nixpkgs ({project.pkgs}) while building {base}: no network",
@@ -201,20 +201,45 @@ def _stream_out(project: Project, name: str, args: dict[str, str],
     if steps is None:
         builder = _build(project, "web", substituter=substituter, nocache=nocache, **args)
         try:
-            return docker.stream_into_load(builder.id, [STREAM], known_chains=known, tag=tag, accept=accept)
+            return docker.stream_into_load(builder.id, ["/bin/sh", "-c", f"{_record_closure()}; exec {STREAM}"],
+                                           known_chains=known, tag=tag, accept=accept, collect=_keep_closure)
         finally:
             docker.remove_image(builder.id)
     extra = substituter.context() if substituter is not None else {}
     # Each RUN step as the classic builder runs it; their output goes to stderr, as stdout carries the image.
-    script = f'for step in "$@"; do /bin/sh -c "$step" >&2 || exit; done; exec {STREAM}'
+    script = f'for step in "$@"; do /bin/sh -c "$step" >&2 || exit; done; {_record_closure()}; exec {STREAM}'
     with docker.context_archive(project.root, project.context_files, under=steps.context_to, extra=extra) as files:
         try:
             return docker.stream_into_load(steps.image, ["/bin/sh", "-c", script, "web.Dockerfile", *steps.runs],
                                            known_chains=known, tag=tag, accept=accept, files=files,
-                                           environment=steps.environment, describe=f"web.Dockerfile's RUN steps, then {STREAM}")
+                                           environment=steps.environment, describe=f"web.Dockerfile's RUN steps, then {STREAM}",
+                                           collect=_keep_closure)
         except BuildFailed as exc:
             raise _nix_failure(exc, "web") from None
 
+
+
+# --- the Nix closure, for the SBOM (ci.sbom) ---
+
+def _record_closure() -> str:
+    """The shell step that records, in the build container, what Nix knows of the image's store paths."""
+    from . import sbom
+
+    return f"{{ {sbom.RECORD_SCRIPT}; }} >&2"
+
+
+def _keep_closure(container: str, image: docker.Image) -> None:
+    """Copy the record out of the build container before it goes, and keep it beside the image's ID."""
+    from . import sbom
+
+    try:
+        found = sbom.record_from_container(image.id, docker.OneOffContainer(container).copy_out(sbom.RECORD_DIRECTORY))
+    except ToolkitError as exc:
+        log.warning("warning: the image's Nix closure was not recorded (%s): it will have no SBOM", exc.message)
+        return
+    if found is not None:
+        sbom.save(found)
+        log.info("recorded the %d store paths of the image, for its SBOM", len(found.paths))
 
 
 # --- OCI labels (ci.labels) ---

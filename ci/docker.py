@@ -397,7 +397,8 @@ def _log_build_line(line: str) -> None:
 
 def stream_into_load(image: str, command: list[str], *, known_chains: set[str], tag: str,
                      accept: Callable[[list[str]], object] = lambda named: None, files: IO[bytes] | None = None,
-                     environment: Mapping[str, str] | None = None, describe: str | None = None) -> Image:
+                     environment: Mapping[str, str] | None = None, describe: str | None = None,
+                     collect: Callable[[str, Image], None] | None = None) -> Image:
     """Run `command` in a container of `image` and `docker load` the archive it writes to stdout.
 
     `files` (a tar archive) is unpacked at / before the command starts, and
@@ -409,6 +410,8 @@ def stream_into_load(image: str, command: list[str], *, known_chains: set[str], 
     name: no temporary tag to remove, none left should the run stop right
     after. Returns it; the container is removed, at once when the toolkit
     stops reading (Ctrl-C). `describe` names the command in the log and in errors.
+    `collect(container, image)` runs once the image is loaded, before the
+    container goes: what the build left in it can still be copied out.
     """
     api = client().api
     describe = describe or " ".join(command)
@@ -448,7 +451,10 @@ def stream_into_load(image: str, command: list[str], *, known_chains: set[str], 
                 raise failure from None
             log.info("loaded %.1f MB into the engine; %d layers (%.1f MB) it has already were left out",
                      forwarding.bytes_kept / 1e6, forwarding.layers_dropped, forwarding.bytes_dropped / 1e6)
-            return require_image(tag, "docker load reported success but the image is missing")
+            loaded = require_image(tag, "docker load reported success but the image is missing")
+            if collect is not None:
+                collect(container, loaded)
+            return loaded
         except docker.errors.APIError as exc:
             raise _api_error(exc, "loading the image into Docker failed") from None
         finally:
