@@ -30,7 +30,10 @@ from .project import IDENTITY_PREFIX, Project
 # build that finds its image up to date needs none of them (see bench/).
 
 if TYPE_CHECKING:  # ci.bundle loads oras; builds without a substituter do not need it
+    from collections.abc import Callable
+
     from .bundle import Substituter
+    from .publish import Options as PushOptions
     from .reproducible import Verdict
     from .transfer import Pushed
 
@@ -108,14 +111,17 @@ def build_cache(project: Project, builder: BuilderSettings, settings: CacheSetti
                   labels={**cache_images.labels(project), **_builder_labels(project, "nix-cache", base.id)})
 
 
-def publish_cache(project: Project, settings: CacheSettings, namespace: str) -> list[Pushed]:
-    """Push nix-base and nix-cache to NAMESPACE/…, tagged by date and package set, latest last."""
+def publish_cache(project: Project, settings: CacheSettings, namespace: str,
+                  options: Callable[[str], PushOptions] | None = None) -> list[Pushed]:
+    """Push nix-base and nix-cache to NAMESPACE/…, tagged by date and package set, latest last;
+    `options(image)` says what each push adds (annotations, signatures: ci.publish)."""
     from . import transfer
 
     tags = [datetime.datetime.now(datetime.UTC).date().isoformat(), f"pkgs-{project.package_set_id()}", "latest"]
     pushed = []
     for local, name in ((settings.base, "nix-base"), (settings.cache, "nix-cache")):
-        pushed += transfer.push(local, [f"docker://{namespace}/{name}:{tag}" for tag in tags])
+        pushed += transfer.push(local, [f"docker://{namespace}/{name}:{tag}" for tag in tags],
+                                options=options(local) if options else None)
     return pushed
 
 
@@ -233,7 +239,11 @@ def _keep_closure(container: str, image: docker.Image) -> None:
     from . import sbom
 
     try:
-        found = sbom.record_from_container(image.id, docker.OneOffContainer(container).copy_out(sbom.RECORD_DIRECTORY))
+        api = docker.client().api
+        builder = api.inspect_container(container)["Image"]
+        digests = api.inspect_image(builder).get("RepoDigests") or []
+        found = sbom.record_from_container(image.id, docker.OneOffContainer(container).copy_out(sbom.RECORD_DIRECTORY),
+                                           {"id": builder, "repo_digests": digests})
     except ToolkitError as exc:
         log.warning("warning: the image's Nix closure was not recorded (%s): it will have no SBOM", exc.message)
         return

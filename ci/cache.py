@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import credentials, docker
 from .errors import ConfigError, NetworkUnavailable, RegistryError
@@ -32,6 +33,7 @@ class CacheSettings:
     cache: str  # local name of nix-cache
     registry: str | None  # NAMESPACE holding NAMESPACE/nix-cache, or None
     max_age_days: float
+    public_key: Path | None = None  # when set, a pulled cache must be signed with it (ci.verify)
 
 
 def remote_ref(namespace: str, project: Project, image: str = "nix-cache") -> str:
@@ -49,7 +51,7 @@ def find(project: Project, settings: CacheSettings) -> docker.Image | None:
     where = settings.cache
     if image is None and settings.registry:
         where = remote_ref(settings.registry, project)
-        image = _pull(where, settings.cache)
+        image = _pull(where, settings.cache, settings.public_key)
     if image is None:
         return None
     _check_role(image, where)
@@ -63,10 +65,15 @@ def find(project: Project, settings: CacheSettings) -> docker.Image | None:
     return image
 
 
-def _pull(ref: str, local: str) -> docker.Image | None:
-    """Pull the registry's cache; None, saying why, when it cannot be had."""
+def _pull(ref: str, local: str, public_key: Path | None = None) -> docker.Image | None:
+    """Pull the registry's cache; None, saying why, when it cannot be had. With `public_key`, only
+    the manifest whose signature it verifies is pulled, by digest; an unsigned one is refused."""
     log.info("no local cache image; pulling %s", ref)
     try:
+        if public_key is not None:
+            from . import verify
+
+            ref = verify.require(ref, public_key)
         image = docker.pull(ref, credentials.from_environment())
     except (RegistryError, NetworkUnavailable) as exc:
         log.warning("warning: cannot use the cache image: %s; building without it", exc.message)

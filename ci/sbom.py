@@ -28,7 +28,7 @@ import os
 import re
 import tarfile
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .errors import ConfigError, IntegrityError, ToolkitError
@@ -43,8 +43,9 @@ RECORD_DIRECTORY = "/.nix-ci-record"
 RECORD_SCRIPT = (
     f"mkdir -p {RECORD_DIRECTORY} && "
     f"nix --extra-experimental-features nix-command path-info --json --recursive /result > {RECORD_DIRECTORY}/path-info.json && "
-    f"for p in $(nix-store --query --references /result); do case \"$p\" in *-conf.json) cp \"$p\" {RECORD_DIRECTORY}/conf.json;; "
-    "esac; done || echo 'warning: could not record the Nix closure of the image; it will have no SBOM' >&2"
+    "for p in $(nix-store --query --references /result); do "
+    f"case \"$p\" in *-conf.json) cp \"$p\" {RECORD_DIRECTORY}/conf.json;; esac; done "
+    "|| echo 'warning: could not record the Nix closure of the image; it will have no SBOM' >&2"
 )
 
 
@@ -71,19 +72,21 @@ class Record:
 
     image_id: str
     paths: tuple[StorePath, ...]  # exactly the image's store paths, sorted
+    builder: Mapping[str, object] = field(default_factory=dict)  # the image the build ran in: id, repo_digests
 
     def to_json(self) -> dict:
-        return {"image_id": self.image_id,
+        return {"image_id": self.image_id, "builder": dict(self.builder),
                 "paths": [{"path": p.path, "narHash": p.nar_hash, "narSize": p.nar_size,
                            "references": list(p.references), "deriver": p.deriver} for p in self.paths]}
 
     @classmethod
     def from_json(cls, data: Mapping) -> Record:
         return cls(data["image_id"], tuple(StorePath(p["path"], p["narHash"], int(p["narSize"]), tuple(p["references"]),
-                                                     p.get("deriver") or "") for p in data["paths"]))
+                                                     p.get("deriver") or "") for p in data["paths"]),
+                   dict(data.get("builder") or {}))
 
 
-def record_from_container(image_id: str, archive: Iterable[bytes]) -> Record | None:
+def record_from_container(image_id: str, archive: Iterable[bytes], builder: Mapping[str, object]) -> Record | None:
     """The record from the tar stream of RECORD_DIRECTORY copied out of the build container; None, with a
     warning, when the build could not write it (an images file not made with streamLayeredImage)."""
     files = {}
@@ -95,7 +98,7 @@ def record_from_container(image_id: str, archive: Iterable[bytes]) -> Record | N
         log.warning("warning: the build recorded no %s of the image's script: it will have no SBOM",
                     "conf.json (store_layers)" if "path-info.json" in files else "Nix closure")
         return None
-    return parse_record(image_id, files["path-info.json"], files["conf.json"])
+    return replace(parse_record(image_id, files["path-info.json"], files["conf.json"]), builder=dict(builder))
 
 
 def parse_record(image_id: str, path_info: bytes, conf: bytes) -> Record:
@@ -116,8 +119,8 @@ def _path_info(data: object) -> dict[str, StorePath]:
     for path, entry in entries:
         if entry is None:
             continue
-        found[path] = StorePath(path, nar_hash_hex(entry["narHash"]), int(entry.get("narSize", 0)),
-                                tuple(sorted(r if r.startswith("/") else f"{_store(path)}/{r}" for r in entry.get("references") or [])),
+        references = tuple(sorted(r if r.startswith("/") else f"{_store(path)}/{r}" for r in entry.get("references") or []))
+        found[path] = StorePath(path, nar_hash_hex(entry["narHash"]), int(entry.get("narSize", 0)), references,
                                 entry.get("deriver") or "")
     return found
 
@@ -246,3 +249,14 @@ def store_paths(document: str) -> list[str]:
     data = json.loads(document)
     return sorted(p["value"] for c in data.get("components") or [] for p in c.get("properties") or []
                   if p.get("name") == "nix:store_path")
+
+
+def write(target: Path, document: str) -> None:
+    """Write an SBOM to `target` whole or not at all."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.partial")
+        partial.write_text(document)
+        os.replace(partial, target)
+    except OSError as exc:
+        raise ConfigError(f"cannot write {target}: {exc.strerror}", "choose a writable path") from None

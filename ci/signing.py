@@ -108,6 +108,17 @@ def check_private_key(path: Path) -> None:
                           "give the .key file `invoke sign-key` (cosign generate-key-pair) wrote")
 
 
+def unlock(key: Path) -> str:
+    """Check, before anything is pushed, that COSIGN_PASSWORD decrypts `key`; returns its public key (PEM)."""
+    check_private_key(key)
+    try:
+        result = runner.run("cosign", ["public-key", "--key", str(key)],
+                            env={PASSWORD_VARIABLE: os.environ.get(PASSWORD_VARIABLE, "")})
+    except CommandFailed as exc:
+        raise _explain(exc, parse_image_ref("localhost/key@sha256:" + "0" * 64), key, signing=True) from None
+    return result.output
+
+
 def read_public_key(path: Path) -> str:
     """The fingerprint of a PEM public key; ConfigError when it cannot be read or is not one."""
     try:
