@@ -274,11 +274,10 @@ def sign_key(c, prefix=None, force=False):
 def verify(c, reference, key=None, insecure=False):
     """Check an image's signature, and its attached SBOM and provenance; print what was verified."""
     from ci import verify as ci_verify
-    from ci.errors import ConfigError as _ConfigError
 
     public_key = _public_key(c, key)
     if public_key is None:
-        raise _ConfigError("no public key to verify with", "pass --key FILE.pub or set signing.public_key")
+        raise ConfigError("no public key to verify with", "pass --key FILE.pub or set signing.public_key")
     for line in ci_verify.check(reference, public_key, insecure=insecure).lines():
         say(line)
 
