@@ -65,31 +65,55 @@ class Staged:
 
 @contextlib.contextmanager
 def staged(image: str, origin: labels.Origin, progress) -> Iterator[Staged]:
-    """The local `image` as an OCI layout whose manifest carries the annotations; removed afterwards."""
+    """The local `image` as an OCI layout whose manifest carries the annotations; removed afterwards.
+
+    skopeo's own conversion to OCI would rewrite the image config (so the image ID a pull gives
+    would not be the one built): the image is copied as it is (`dir:`, layers gzipped), and the
+    OCI manifest is written here around the same config and layer blobs.
+    """
     local = docker.require_image(image, f"build it first: invoke build-{image.rpartition(':')[0]}")
     oci_labels = {k: v for k, v in local.labels.items() if k.startswith(labels.PREFIX) and v}
     work_root = Path(tempfile.gettempdir())
     with naming_full_disk(work_root), tempfile.TemporaryDirectory(prefix="nix-ci-push-") as work:
         layout = Path(work) / "layout"
-        skopeo.copy(f"docker-daemon:{image}", f"oci:{layout}:image", on_line=progress)
-        digest = _annotate(layout, {**oci_labels, **origin.annotations()})
+        skopeo.copy(f"docker-daemon:{image}", f"dir:{layout}", on_line=progress, options=("--dest-compress",))
+        digest = _as_oci_layout(layout, {**oci_labels, **origin.annotations()})
         yield Staged(layout, digest, oci_labels)
 
 
-def _annotate(layout: Path, annotations: dict[str, str]) -> str:
-    """Add `annotations` to the layout's one manifest; returns the new manifest digest."""
-    index_path = layout / "index.json"
-    index = json.loads(index_path.read_text())
-    entry = index["manifests"][0]
-    blobs = layout / "blobs" / "sha256"
-    manifest = json.loads((blobs / entry["digest"].removeprefix("sha256:")).read_bytes())
-    manifest["annotations"] = {**(manifest.get("annotations") or {}), **annotations}
+_OCI_LAYER = {"application/vnd.docker.image.rootfs.diff.tar.gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+              "application/vnd.docker.image.rootfs.diff.tar": "application/vnd.oci.image.layer.v1.tar"}
+
+
+def _as_oci_layout(directory: Path, annotations: dict[str, str]) -> str:
+    """Turn skopeo's `dir:` copy into an OCI layout holding an OCI manifest with `annotations`, around the
+    same config and layer blobs (so the same image ID); returns the manifest digest."""
+    source = json.loads((directory / "manifest.json").read_text())
+    blobs = directory / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    for descriptor in [source["config"], *source["layers"]]:
+        hex_digest = descriptor["digest"].removeprefix("sha256:")
+        (directory / hex_digest).replace(blobs / hex_digest)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {**_plain(source["config"]), "mediaType": "application/vnd.oci.image.config.v1+json"},
+        "layers": [{**_plain(layer), "mediaType": _OCI_LAYER.get(layer["mediaType"], layer["mediaType"])}
+                   for layer in source["layers"]],
+        "annotations": annotations,
+    }
     body = json.dumps(manifest, separators=(",", ":"), sort_keys=True).encode()
     hex_digest = hashlib.sha256(body).hexdigest()
     (blobs / hex_digest).write_bytes(body)
-    entry.update(digest=f"sha256:{hex_digest}", size=len(body))
-    index_path.write_text(json.dumps(index))
+    (directory / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    (directory / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": manifest["mediaType"], "digest": f"sha256:{hex_digest}", "size": len(body),
+        "annotations": {"org.opencontainers.image.ref.name": "image"}}]}))
     return f"sha256:{hex_digest}"
+
+
+def _plain(descriptor: dict) -> dict:
+    return {key: descriptor[key] for key in ("digest", "size") if key in descriptor}
 
 
 def holding(destination: Destination, identity: str | None, insecure: bool) -> attach.Manifest | None:
