@@ -30,16 +30,22 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from . import attach, docker, labels, provenance, sbom, signing, skopeo
+from . import docker, labels, skopeo
 from .errors import ConfigError, naming_full_disk
 from .project import IDENTITY_PREFIX
 from .refs import Destination
 
+# Signing, attaching and the documents are imported where they are used: an unsigned push
+# needs none of them (ci.attach loads oras-py and jsonschema, half a second of CPU).
+if TYPE_CHECKING:
+    from . import provenance
+
 log = logging.getLogger(__name__)
 
-SBOM_ARTIFACT = sbom.MEDIA_TYPE
-PROVENANCE_ARTIFACT = provenance.MEDIA_TYPE
+SBOM_ARTIFACT = "application/vnd.cyclonedx+json"  # ci.sbom.MEDIA_TYPE
+PROVENANCE_ARTIFACT = "application/vnd.in-toto+json"  # ci.provenance.MEDIA_TYPE
 PREDICATE_ANNOTATION = "in-toto.io/predicate-type"
 
 
@@ -116,26 +122,30 @@ def _plain(descriptor: dict) -> dict:
     return {key: descriptor[key] for key in ("digest", "size") if key in descriptor}
 
 
-def holding(destination: Destination, identity: str | None, insecure: bool) -> attach.Manifest | None:
-    """The manifest the destination's repository has under the image's identity tag, if any."""
-    return attach._get_manifest(destination.image, identity, insecure) if identity else None
+def holding(destination: Destination, identity: str | None, insecure: bool) -> str | None:
+    """The digest the destination's repository has under the image's identity tag, if any."""
+    if identity is None:
+        return None
+    name = f"docker://{destination.image.name}:{identity}"
+    return skopeo.inspect(name, insecure=insecure).digest if skopeo.exists(name, insecure=insecure) else None
 
 
 def layer_sizes(repository: str, digest: str, insecure: bool) -> dict[str, int]:
     """Compressed size of each layer of `repository@digest`, by digest."""
-    layers = attach.manifest(f"{repository}@{digest}", insecure=insecure).json().get("layers") or []
-    return {layer["digest"]: int(layer["size"]) for layer in layers}
+    name = f"docker://{repository}@{digest}"
+    sizes = skopeo.blob_sizes(name, insecure=insecure)
+    return {layer: sizes.get(layer, 0) for layer in skopeo.inspect(name, insecure=insecure).layers}
 
 
 def push_repository(stage: Staged | None, repository: str, destinations: list[Destination], options: Options, *,
-                    existing: attach.Manifest | None, identity: str | None, insecure: bool,
+                    existing: str | None, identity: str | None, insecure: bool,
                     progress) -> tuple[str, skopeo.CopyResult | None]:
     """Steps 2 to 4 for one repository; returns the digest its tags now name, and the copy that sent blobs.
-    `existing`: what the repository holds under the image's `identity` tag, if anything."""
+    `existing`: the digest the repository holds under the image's `identity` tag, if any."""
     copied = None
     if existing is not None:
         log.info("%s already holds this image (%s): only the tag is written", repository, identity)
-        digest = existing.digest
+        digest = existing
     else:
         if stage is None:
             raise AssertionError("a repository without the image needs it staged")
@@ -153,11 +163,13 @@ def push_repository(stage: Staged | None, repository: str, destinations: list[De
 
 def _signed(destination: Destination, digest: str, insecure: bool) -> bool:
     """Whether the repository has a signature tag for `digest` (an earlier push signed it)."""
-    return attach._get_manifest(destination.image, f"{attach.fallback_tag(digest)}.sig", insecure) is not None
+    return skopeo.exists(f"docker://{destination.image.name}:{digest.replace(':', '-')}.sig", insecure=insecure)
 
 
 def sign_and_attach(repository: str, digest: str, options: Options, *, labels_: dict[str, str], insecure: bool) -> None:
     """Sign `repository@digest`; attach its SBOM and provenance and sign them; skip what is already there and valid."""
+    from . import attach, provenance, signing
+
     assert options.key is not None
     pinned = f"{repository}@{digest}"
     signing.check_private_key(options.key)
@@ -185,6 +197,8 @@ def sign_and_attach(repository: str, digest: str, options: Options, *, labels_: 
 
 
 def _sbom(options: Options, repository: str, digest: str, labels_: dict[str, str]) -> str | None:
+    from . import sbom
+
     image = options.inputs.image if options.inputs else ""
     local = docker.inspect_image(image) if image else None
     record = sbom.load(local.id) if local is not None else None
@@ -195,14 +209,6 @@ def _sbom(options: Options, repository: str, digest: str, labels_: dict[str, str
     document = sbom.cyclonedx(record, image_name=repository, image_digest=digest, labels=labels_)
     sbom.validate(document)
     return document
-
-
-def require_key(key: Path | None) -> Path | None:
-    """The signing key, checked before anything is pushed."""
-    if key is None:
-        return None
-    signing.check_private_key(key)
-    return key
 
 
 def identity_of(tags: list[str]) -> str | None:
@@ -221,6 +227,8 @@ def options_for(root: Path, image: str, *, key: Path | None, label_settings: lab
     origin = labels.origin(root, label_settings.source)
     if key is None:
         return Options(origin)
+    from . import provenance, sbom, signing
+
     signing.unlock(key)  # a wrong passphrase stops the push before anything is sent
     local = docker.require_image(image, f"build it first: invoke build-{image.rpartition(':')[0]}")
     name = image.rpartition(":")[0]
