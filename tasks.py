@@ -3,6 +3,7 @@ configuration (defaults below, then invoke.yaml, then INVOKE_* environment
 variables, then flags) and calls one function of the ci package."""
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -21,7 +22,10 @@ HERE = Path(__file__).resolve().parent
 
 
 def _project(c):
-    return Project(Path(c.project.root or HERE), c.web.pkgs, c.web.images)
+    from ci.labels import Settings as LabelSettings
+
+    return Project(Path(c.project.root or HERE), c.web.pkgs, c.web.images,
+                   LabelSettings(c.labels.source, c.labels.licenses, c.labels.version))
 
 
 def _builder(c, from_debian=False, tool=None, refresh_builder=False, suite=None):
@@ -31,7 +35,8 @@ def _builder(c, from_debian=False, tool=None, refresh_builder=False, suite=None)
 
 def _cache(c, namespace=None):
     """Where the builder images live; `namespace` is --cache-from, else builder.registry."""
-    return CacheSettings(c.builder.base, c.builder.cache, namespace or c.builder.registry, c.builder.max_age_days)
+    return CacheSettings(c.builder.base, c.builder.cache, namespace or c.builder.registry, c.builder.max_age_days,
+                         _public_key(c))
 
 
 BUILDER_HELP = {
@@ -51,15 +56,36 @@ def build_base(c, from_debian=False, tool=None, refresh_builder=False, suite=Non
     say(f"{c.builder.base} {image.id}")
 
 
+SIGN_KEY_HELP = ("sign with this cosign private key (default signing.key; passphrase in COSIGN_PASSWORD) and attach "
+                 "the SBOM and provenance, signed too, before any tag is written")
+
+
+def _push_options(c, image, sign_key=None):
+    """What a push adds to `image`: the commit's annotations, and with a signing key its signatures, SBOM, provenance."""
+    from ci import publish
+
+    project = _project(c)
+    key = _key_path(c, sign_key, c.signing.key) if sign_key or c.signing.key else None
+    return publish.options_for(project.root, image, key=key, label_settings=project.labels, package_set=project.pkgs,
+                               package_set_id=project.package_set_id())
+
+
+def _public_key(c, key=None):
+    """The public key pulls must be signed with (signing.public_key), or None: unsigned pulls are allowed."""
+    configured = key or c.signing.public_key
+    return _key_path(c, key, configured) if configured else None
+
+
 SUBSTITUTER_HELP = ("a binary cache or bundle in a registry (REGISTRY/NAME:TAG, as cache-push wrote it) to substitute "
                     "built paths from, checked against bundle.public_key (default bundle.substituter)")
 
 
 @task(help={**BUILDER_HELP, "push": "also push nix-base and nix-cache to this namespace (REGISTRY/PATH), "
                                      "tagged by date, by package set (pkgs-<hash>) and latest",
-            "substituter": SUBSTITUTER_HELP})
+            "substituter": SUBSTITUTER_HELP, "sign_key": f"with --push, {SIGN_KEY_HELP}"})
 @report_errors
-def build_cache(c, from_debian=False, tool=None, refresh_builder=False, suite=None, push=None, substituter=None):
+def build_cache(c, from_debian=False, tool=None, refresh_builder=False, suite=None, push=None, substituter=None,
+                sign_key=None):
     """Build nix-base, then nix-cache: the builder with tools and the web closure pre-built."""
     with _substituter(c, substituter) as pulled:
         image = build.build_cache(_project(c), _builder(c, from_debian, tool, refresh_builder, suite), _cache(c),
@@ -69,7 +95,8 @@ def build_cache(c, from_debian=False, tool=None, refresh_builder=False, suite=No
     if push:  # publish only what works: a web build on the new cache first
         smoke = build.build_web(_project(c), _builder(c), _cache(c), name=c.web.name, complete=False, attr=c.web.attr)
         say(f"smoke test: {smoke.tags[0]} built on the new cache")
-    for pushed in build.publish_cache(_project(c), _cache(c), push) if push else []:
+    for pushed in build.publish_cache(_project(c), _cache(c), push, options=lambda image: _push_options(c, image, sign_key))\
+            if push else []:
         say(pushed.line())
         github.report("build-cache", github.pushed(pushed))
 
@@ -133,7 +160,7 @@ def _runner_image(c, entry, cache_from=None):
     """Build the runner's image with the web image's flow (a no-op when it is up to date)."""
     if entry.image is None:
         raise ConfigError(f"the runner {entry.name} has no image", f"set start.{entry.name}.image in invoke.yaml")
-    project = Project(Path(c.project.root or HERE), c.web.pkgs, entry.images)
+    project = Project(Path(c.project.root or HERE), c.web.pkgs, entry.images, _project(c).labels)
     return build.build_image(project, _builder(c), _cache(c, cache_from), name=entry.image, attr=entry.image)
 
 
@@ -194,16 +221,90 @@ def stop(c, runner, grace=10):
     "to": "destination, repeatable: docker://REGISTRY/NAME[:TAG] or oci:DIR[:TAG]; "
           "without a tag, every tag of the image (id-…, date, latest last)",
     "insecure": "skip TLS verification for non-loopback registries (loopback ones never verify)",
+    "sign_key": SIGN_KEY_HELP,
 })
 @report_errors
-def push(c, image, to, insecure=False):
+def push(c, image, to, insecure=False, sign_key=None):
     """Copy a built image to registries or OCI layouts and print each digest."""
     from ci import transfer
 
     ref = transfer.local_image(image, known=[c.web.name, c.start.services.image])
-    for pushed in transfer.push(ref, to, insecure=insecure):
+    for pushed in transfer.push(ref, to, insecure=insecure, options=_push_options(c, ref, sign_key)):
         say(pushed.line())
         github.report("push", github.pushed(pushed))
+
+
+def _artifact_key(c, sign_key=None):
+    """The signing key for an artifact push (cache-push, push-vm), unlocked before anything is sent; None: unsigned."""
+    if not (sign_key or c.signing.key):
+        return None
+    from ci.tools import cosign
+
+    key = _key_path(c, sign_key, c.signing.key)
+    cosign.unlock(key)
+    return key
+
+
+def _sign_artifact(pinned, key, insecure):
+    """Sign an artifact just pushed. (oras writes its tag with the manifest: the signature follows it.)"""
+    if key is not None:
+        from ci.tools import cosign
+
+        cosign.sign(pinned, key, insecure=insecure)
+
+
+@task(help={
+    "prefix": "where to write the pair: PREFIX.key and PREFIX.pub (default: signing.key without .key)",
+    "force": "replace an existing pair (what it signed then verifies only with the old public key)",
+})
+@report_errors
+def sign_key(c, prefix=None, force=False):
+    """Make the cosign key pair that signs pushed images (passphrase from COSIGN_PASSWORD), outside the repository."""
+    from ci.tools import cosign
+
+    path = _key_path(c, prefix, str(c.signing.key or "~/.config/nix-ci/cosign.key").removesuffix(".key"))
+    pair = cosign.generate_key_pair(path, force=force)
+    say(f"{pair.private} private key: keep it private")
+    say(f"{pair.public} {cosign.read_public_key(pair.public)}")
+
+
+@task(help={
+    "reference": "the image: REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:...",
+    "key": "the public key it must be signed with (default signing.public_key)",
+    "insecure": "skip TLS verification for non-loopback registries (loopback ones speak plain HTTP)",
+})
+@report_errors
+def verify(c, reference, key=None, insecure=False):
+    """Check an image's signature, and its attached SBOM and provenance; print what was verified."""
+    from ci import verify as ci_verify
+
+    public_key = _public_key(c, key)
+    if public_key is None:
+        raise ConfigError("no public key to verify with", "pass --key FILE.pub or set signing.public_key")
+    for line in ci_verify.check(reference, public_key, insecure=insecure).lines():
+        say(line)
+
+
+@task(help={
+    "reference": "the image: REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:...",
+    "output": "write the SBOM to this file instead of printing it",
+    "key": "the public key the image and its SBOM must be signed with (default signing.public_key; none: unchecked)",
+    "insecure": "skip TLS verification for non-loopback registries (loopback ones speak plain HTTP)",
+})
+@report_errors
+def sbom(c, reference, output=None, key=None, insecure=False):
+    """Find the CycloneDX SBOM attached to an image; print it or write it to a file."""
+    from ci import verify as ci_verify
+
+    pinned, document = ci_verify.sbom_document(reference, _public_key(c, key), insecure=insecure)
+    if not output:
+        say(document)
+        return
+    from ci import sbom as ci_sbom
+
+    target = Path(output).absolute()
+    ci_sbom.write(target, document)
+    say(f"{target} {pinned} {len(ci_sbom.store_paths(document))} store paths")
 
 
 @task(help={
@@ -351,16 +452,19 @@ def run_vm(c, image=None, seed=None, without_seed=False, port=None, memory=None,
     "seed": "the seed disk to push with it (default vm.seed, when that file exists)",
     "without_seed": "push the disk alone",
     "insecure": "skip TLS verification for non-loopback registries (loopback ones speak plain HTTP)",
+    "sign_key": "sign the artifact with this cosign private key (default signing.key)",
 })
 @report_errors
-def push_vm(c, to, image=None, seed=None, without_seed=False, insecure=False):
+def push_vm(c, to, image=None, seed=None, without_seed=False, insecure=False, sign_key=None):
     """Push the VM image and its seed disk to a registry as one OCI artifact; print its digest."""
     from ci import vm
 
     seed_path = None if without_seed else _path(c, seed, c.vm.seed)
     if not seed and seed_path is not None and not seed_path.exists():
         seed_path = None  # the default seed is optional
+    key = _artifact_key(c, sign_key)
     artifact = vm.push_vm(to, _path(c, image, c.vm.image), seed_path, insecure=insecure)
+    _sign_artifact(artifact.pinned, key, insecure)
     say(artifact.pinned)
     for layer in artifact.layers:
         say(f"{layer.title} {layer.digest} {layer.size} {layer.media_type}")
@@ -408,6 +512,17 @@ def _substituter(c, reference):
         return contextlib.nullcontext(None)
     from ci import bundles
 
+    public_key = _public_key(c)
+    if public_key is not None:  # signing.public_key: only a substituter it signed, pinned to what was verified
+        from ci import verify
+        from ci.core.errors import RegistryError
+
+        try:
+            reference = verify.require(reference, public_key)
+        except RegistryError as exc:
+            logging.getLogger("ci").warning("warning: cannot use the substituter %s: %s; building without it",
+                                            reference, exc.message)
+            return contextlib.nullcontext(None)
     return bundles.substituter(reference, _trusted_keys(c))
 
 
@@ -465,18 +580,21 @@ def build_runner(c, public_key=None):
     "bundle": "the bundle to push (default bundle.output)",
     "cache": "push this binary cache directory (nix copy --to file://DIR) instead, one layer per file",
     "insecure": "skip TLS verification for non-loopback registries (loopback ones speak plain HTTP)",
+    "sign_key": "sign the artifact with this cosign private key (default signing.key)",
 })
 @report_errors
-def cache_push(c, to, bundle=None, cache=None, insecure=False):
+def cache_push(c, to, bundle=None, cache=None, insecure=False, sign_key=None):
     """Push a bundle, or a whole binary cache directory, to a registry as an OCI artifact; print its digest."""
     from ci import bundles
 
     if bundle and cache:
         raise ConfigError("give --bundle or --cache, not both", "a bundle already holds its binary cache")
+    key = _artifact_key(c, sign_key)
     if cache:
         artifact = bundles.push_cache(to, Path(cache).absolute(), insecure=insecure)
     else:
         artifact = bundles.push_bundle(to, _path(c, bundle, c.bundle.output), insecure=insecure)
+    _sign_artifact(artifact.pinned, key, insecure)
     say(artifact.pinned)
     say(f"{artifact.artifact_type} {len(artifact.layers)} files {sum(layer.size for layer in artifact.layers)} bytes")
 
@@ -500,7 +618,7 @@ def cache_pull(c, source, to=None, insecure=False):
 
 
 ns = Collection(build_base, build_cache, build_web, verify_reproducible, run_web, stop_web, build_services, start, stop,
-                push, extract, check_nix, workflows, lock,
+                push, sign_key, verify, sbom, extract, check_nix, workflows, lock,
                 build_vm, cidata, run_vm, push_vm, pull_vm,
                 bundle_key, bundle, build_runner, cache_push, cache_pull)
 ns.configure({
@@ -542,6 +660,20 @@ ns.configure({
             "host": "127.0.0.1",
             "timeout": 30,
         },
+    },
+    "labels": {
+        # OCI labels of every image built (ci/labels.py). source: the repository's URL; None: GitHub's
+        # repository, else the git remote origin. licenses (SPDX) and version: of the images file's images.
+        "source": None,
+        "licenses": None,
+        "version": None,
+    },
+    "signing": {
+        # The cosign key pair (ci/signing.py). key: signs every push when set (as --sign-key); keep it out of
+        # the repository; its passphrase comes from COSIGN_PASSWORD. public_key: when set, `verify` uses it and
+        # every pull of a cache image, substituter or bundle must carry a valid signature by it.
+        "key": None,
+        "public_key": None,
     },
     "builder": {
         "image": None,  # None: the digest-pinned default of images/nix-base.Dockerfile

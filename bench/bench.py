@@ -13,7 +13,10 @@ on the same engine. What differs is the orchestration:
   toolkit  invoke build-cache, invoke build-web, invoke push.
 
 Situations: cold (no cache image), warm after a one-line page change, no-op
-(nothing changed), and push after a one-line page change. Each runs several
+(nothing changed), push after a one-line page change, and signed push: the
+same push signed; the seed's flow then runs `cosign sign` on what docker push
+wrote (what build-push-action users add), the toolkit signs and attaches the
+SBOM and provenance, signed too (push --sign-key). Each runs several
 times; the table shows medians and the ratios seed/toolkit. Bytes pushed are
 measured as the growth of the registry's blob store, for both flows. The
 toolkit's own CPU time (user + system of the invoke process, all its threads;
@@ -158,6 +161,16 @@ class SeedFlow:
     def push(self, target: str) -> tuple[float, float, str]:
         return timed(f"{DOCKER} tag web:latest {target} && {DOCKER} push {target}", cwd=self.project.root)
 
+    def signed_push(self, target: str, key: Path) -> tuple[float, float, str]:
+        return timed(f"{DOCKER} tag web:latest {target} && {DOCKER} push {target} && "
+                     f"cosign sign --yes --tlog-upload=false --allow-insecure-registry --key {key} "
+                     f"$({DOCKER} inspect --format '{{{{index .RepoDigests 0}}}}' {target})",
+                     cwd=self.project.root, env={"COSIGN_PASSWORD": KEY_PASSWORD})
+
+
+# The passphrase of the benchmark's throw-away cosign key pair.
+KEY_PASSWORD = "bench"
+
 
 class Toolkit:
     def __init__(self, project: Project) -> None:
@@ -165,6 +178,7 @@ class Toolkit:
         self.env = {
             "INVOKE_PROJECT_ROOT": str(project.root), "INVOKE_WEB_PKGS": PKGS, "INVOKE_WEB_IMAGES": IMAGES,
             "INVOKE_BUILDER_FROM_DEBIAN": "1", "INVOKE_BUILDER_BASE": BASE, "INVOKE_BUILDER_CACHE": CACHE,
+            "COSIGN_PASSWORD": KEY_PASSWORD,
         }
 
     def invoke(self, *args: str, first: str = "") -> tuple[float, float, str]:
@@ -236,6 +250,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5, help="runs of each warm, no-op and push situation")
     parser.add_argument("--cold-runs", type=int, default=3, help="runs of the cold situation")
     parser.add_argument("--markdown", type=Path, help="also write the table as markdown to this file")
+    parser.add_argument("--only-push", action="store_true",
+                        help="only the push and signed push situations (a reduced run)")
     options = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="nix-ci-bench-") as work:
@@ -244,12 +260,16 @@ def main() -> None:
         toolkit = Toolkit(project)
         builder = sh(f"{sys.executable} -c 'from ci import debian; print(debian.builder_image().id)'", cwd=ROOT).split()[-1]
         seed = SeedFlow(project, builder)
-        situations = {name: Situation(name) for name in ("cold", "warm", "no-op", "push")}
+        names = ("push", "signed push") if options.only_push else ("cold", "warm", "no-op", "push", "signed push")
+        situations = {name: Situation(name) for name in names}
+        key = work_dir / "cosign.key"
+        sh(f"cosign generate-key-pair --output-key-prefix {work_dir / 'cosign'}", cwd=ROOT,
+           env={"COSIGN_PASSWORD": KEY_PASSWORD})
 
         start_up = StartUp(statistics.median(toolkit.invoke("--version")[1] for _ in range(9)),
                            statistics.median(toolkit.invoke("--version", first="import docker; ")[1] for _ in range(9)))
         console.print(f"cold: {options.cold_runs} runs of each flow")
-        for _ in range(options.cold_runs):
+        for _ in range(0 if options.only_push else options.cold_runs):
             for flow in ("seed", "toolkit"):
                 forget_cache()
                 if flow == "seed":
@@ -262,7 +282,7 @@ def main() -> None:
                     Sample(cache_s + web_s, max(cache_cpu, web_cpu), derivations_built(cache_log + web_log)))
 
         console.print(f"warm and no-op: {options.runs} runs of each flow")
-        for _ in range(options.runs):
+        for _ in range(0 if options.only_push else options.runs):
             for flow, build in (("seed", seed.build_web), ("toolkit", lambda: toolkit.invoke("build-web"))):
                 project.change_page()
                 seconds, cpu, log = build()
@@ -270,28 +290,32 @@ def main() -> None:
                 seconds, cpu, log = build()
                 getattr(situations["no-op"], flow).append(Sample(seconds, cpu, derivations_built(log)))
 
+        if options.only_push:  # the cache image the cold situation would have made
+            toolkit.invoke("build-cache")
         console.print(f"push: {options.runs} runs of each flow")
         with registry(work_dir / "registry") as (address, storage):
             for run in range(options.runs + 1):
-                for flow in ("seed", "toolkit"):
+                for situation, flow in (("push", "seed"), ("push", "toolkit"), ("signed push", "seed"),
+                                        ("signed push", "toolkit")):
                     project.change_page()
                     (seed.build_web if flow == "seed" else lambda: toolkit.invoke("build-web"))()
-                    target = f"{address}/{flow}/web:run-{run}"
+                    target = f"{address}/{flow}{'-signed' if situation == 'signed push' else ''}/web:run-{run}"
                     before = registry_blobs(storage)
                     if flow == "seed":
-                        seconds, cpu, _ = seed.push(target)
+                        seconds, cpu, _ = seed.push(target) if situation == "push" else seed.signed_push(target, key)
                     else:
-                        seconds, cpu, _ = toolkit.invoke("push", "web", "--to", f"docker://{target}")
+                        signing = ["--sign-key", str(key)] if situation == "signed push" else []
+                        seconds, cpu, _ = toolkit.invoke("push", "web", "--to", f"docker://{target}", *signing)
                     if run == 0:
                         continue  # the first push of each flow fills its repository
                     after = registry_blobs(storage)
                     added = {digest: size for digest, size in after.items() if digest not in before}
                     changed = new_layers(target, set(before))
-                    getattr(situations["push"], flow).append(Sample(
+                    getattr(situations[situation], flow).append(Sample(
                         seconds, cpu, 0, sum(added.values()), sum(added.get(d, 0) for d in changed), sum(changed.values())))
         forget_cache()
-        remove_images(*[f"{address}/{flow}/web:run-{run}" for flow in ("seed", "toolkit")
-                        for run in range(options.runs + 1)])
+        remove_images(*[f"{address}/{flow}{suffix}/web:run-{run}" for flow in ("seed", "toolkit")
+                        for suffix in ("", "-signed") for run in range(options.runs + 1)])
 
     report(situations, start_up, options.markdown)
 
@@ -321,7 +345,7 @@ def report(situations: dict[str, Situation], start_up: StartUp, markdown: Path |
     for situation in situations.values():
         seed_s, tool_s = median(situation.seed, "seconds"), median(situation.toolkit, "seconds")
         pushed = layers = changed = "-"
-        if situation.name == "push":
+        if situation.name in ("push", "signed push"):
             pushed, layers, changed = (
                 f"{median(situation.seed, a):,.0f} / {median(situation.toolkit, a):,.0f}"
                 for a in ("bytes_pushed", "layer_bytes_pushed", "changed_layers_bytes"))

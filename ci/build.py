@@ -30,7 +30,10 @@ from .tools import docker
 # build that finds its image up to date needs none of them (see bench/).
 
 if TYPE_CHECKING:  # ci.bundles loads oras; builds without a substituter do not need it
+    from collections.abc import Callable
+
     from .bundles import Substituter
+    from .publish import Options as PushOptions
     from .reproducible import Verdict
     from .transfer import Pushed
 
@@ -88,7 +91,8 @@ def build_base(project: Project, builder: BuilderSettings, *, base: str) -> dock
             raise NetworkUnavailable(f"cannot download the builder image {source}: no network", OFFLINE_HINT) from exc
     log.info("building %s from %s", base, source)
     try:
-        return _build(project, "nix-base", tag=base, labels={docker.LABEL: "base"}, BUILDER_IMAGE=source)
+        labels = {docker.LABEL: "base", **_builder_labels(project, "nix-base", source)}
+        return _build(project, "nix-base", tag=base, labels=labels, BUILDER_IMAGE=source)
     except NetworkUnavailable as exc:
         raise NetworkUnavailable(
             f"cannot download the pinned nixpkgs ({project.pkgs}) while building {base}: no network",
@@ -103,19 +107,21 @@ def build_cache(project: Project, builder: BuilderSettings, settings: CacheSetti
     """build-cache: nix-base, then nix-cache on top of it."""
     base = build_base(project, builder, base=settings.base)
     log.info("building %s from %s", settings.cache, settings.base)
-    return _build(project, "nix-cache", tag=settings.cache, labels=cache_images.labels(project), substituter=substituter,
-                  BASE_IMAGE=base.id)
+    return _build(project, "nix-cache", tag=settings.cache, substituter=substituter, BASE_IMAGE=base.id,
+                  labels={**cache_images.labels(project), **_builder_labels(project, "nix-cache", base.id)})
 
 
-def publish_cache(project: Project, settings: CacheSettings, namespace: str) -> list[Pushed]:
+def publish_cache(project: Project, settings: CacheSettings, namespace: str,
+                  options: Callable[[str], PushOptions] | None = None) -> list[Pushed]:
     """Push nix-base and nix-cache to NAMESPACE/…, tagged by date and package set, then latest of both, last
-    (ci.release): a failure leaves both latest tags where they were."""
+    (ci.release): a failure leaves both latest tags where they were. `options(image)` says what each
+    push adds (annotations, signatures: ci.publish)."""
     from . import release
 
     tags = [datetime.datetime.now(datetime.UTC).date().isoformat(), f"pkgs-{project.package_set_id()}"]
     members = [release.Member(local, f"{namespace}/{name}")
                for local, name in ((settings.base, "nix-base"), (settings.cache, "nix-cache"))]
-    return release.publish(members, tags)
+    return release.publish(members, tags, options=options)
 
 
 def build_web(project: Project, builder: BuilderSettings, settings: CacheSettings, *,
@@ -140,7 +146,7 @@ def build_image(project: Project, builder: BuilderSettings, settings: CacheSetti
         cache_images.missing(settings)
         cache_image = build_cache(project, builder, settings, substituter=substituter)
     dockerfile = "web-complete" if complete else "web"
-    args = project.buildargs(dockerfile, CACHE_IMAGE=cache_image.id, ATTR=attr)
+    args = project.buildargs(dockerfile, CACHE_IMAGE=cache_image.id, ATTR=attr, LABELS=_images_file_labels(project))
     identity = project.digest(Path(project.dockerfile(dockerfile)).read_text(), json.dumps(args, sort_keys=True))
     tags = (f"{name}:{IDENTITY_PREFIX}{identity[:24]}", f"{name}:{project.human_tag()}", f"{name}:latest")
     image = docker.inspect_image(tags[0])
@@ -178,7 +184,8 @@ def _build_image(project: Project, name: str, dockerfile: str, args: dict[str, s
                  substituter: Substituter | None = None, *, tag: str, nocache: bool = False) -> docker.Image:
     """One build of either flow; the image enters the engine tagged `tag`, never untagged or under a temporary name."""
     if dockerfile == "web-complete":
-        built = _build(project, dockerfile, labels={docker.LABEL: "web"}, substituter=substituter, nocache=nocache, **args)
+        labels = {docker.LABEL: "web", "org.opencontainers.image.title": name, **json.loads(args.get("LABELS", "{}"))}
+        built = _build(project, dockerfile, labels=labels, substituter=substituter, nocache=nocache, **args)
         return docker.normalised(built.id, tag)
     return _stream_out(project, name, args, substituter, tag=tag, nocache=nocache)
 
@@ -204,20 +211,67 @@ def _stream_out(project: Project, name: str, args: dict[str, str],
     if steps is None:
         builder = _build(project, "web", substituter=substituter, nocache=nocache, **args)
         try:
-            return docker.stream_into_load(builder.id, [STREAM], known_chains=known, tag=tag, accept=accept)
+            return docker.stream_into_load(builder.id, ["/bin/sh", "-c", f"{_record_closure()}; exec {STREAM}"],
+                                           known_chains=known, tag=tag, accept=accept, collect=_keep_closure)
         finally:
             docker.remove_image(builder.id)
     extra = substituter.context() if substituter is not None else {}
     # Each RUN step as the classic builder runs it; their output goes to stderr, as stdout carries the image.
-    script = f'for step in "$@"; do /bin/sh -c "$step" >&2 || exit; done; exec {STREAM}'
+    script = f'for step in "$@"; do /bin/sh -c "$step" >&2 || exit; done; {_record_closure()}; exec {STREAM}'
     with docker.context_archive(project.root, project.context_files, under=steps.context_to, extra=extra) as files:
         try:
             return docker.stream_into_load(steps.image, ["/bin/sh", "-c", script, "web.Dockerfile", *steps.runs],
                                            known_chains=known, tag=tag, accept=accept, files=files,
-                                           environment=steps.environment, describe=f"web.Dockerfile's RUN steps, then {STREAM}")
+                                           environment=steps.environment, describe=f"web.Dockerfile's RUN steps, then {STREAM}",
+                                           collect=_keep_closure)
         except BuildFailed as exc:
             raise _nix_failure(exc, "web") from None
 
+
+
+# --- the Nix closure, for the SBOM (ci.sbom) ---
+
+def _record_closure() -> str:
+    """The shell step that records, in the build container, what Nix knows of the image's store paths."""
+    from . import sbom
+
+    return f"{{ {sbom.RECORD_SCRIPT}; }} >&2"
+
+
+def _keep_closure(container: str, image: docker.Image) -> None:
+    """Copy the record out of the build container before it goes, and keep it beside the image's ID."""
+    from . import sbom
+
+    try:
+        api = docker.client().api
+        builder = api.inspect_container(container)["Image"]
+        digests = api.inspect_image(builder).get("RepoDigests") or []
+        found = sbom.record_from_container(image.id, docker.OneOffContainer(container).copy_out(sbom.RECORD_DIRECTORY),
+                                           {"id": builder, "repo_digests": digests})
+    except ToolkitError as exc:
+        log.warning("warning: the image's Nix closure was not recorded (%s): it will have no SBOM", exc.message)
+        return
+    if found is not None:
+        sbom.save(found)
+        log.info("recorded the %d store paths of the image, for its SBOM", len(found.paths))
+
+
+# --- OCI labels (ci.labels) ---
+
+def _builder_labels(project: Project, name: str, built_from: str) -> dict[str, str]:
+    """nix-base's or nix-cache's OCI labels, blanking every other OCI label of the image it is built from."""
+    from . import labels
+
+    base = docker.inspect_image(built_from)
+    return labels.builder_labels(project.root, project.labels, name, version=f"pkgs-{project.package_set_id()}",
+                                 inherited=base.labels if base is not None else None)
+
+
+def _images_file_labels(project: Project) -> str:
+    """The images file's `labels` argument: where its images come from."""
+    from . import labels
+
+    return labels.as_nix_argument(labels.images_file_labels(project.root, project.labels))
 
 
 def _check_named(named: list[str], name: str) -> None:

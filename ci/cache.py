@@ -13,6 +13,7 @@ from __future__ import annotations
 import datetime
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import github
 from .core import credentials
@@ -34,6 +35,7 @@ class CacheSettings:
     cache: str  # local name of nix-cache
     namespace: str | None  # REGISTRY/PATH holding NAMESPACE/nix-cache (--cache-from, builder.registry), or None
     max_age_days: float
+    public_key: Path | None = None  # when set, a pulled cache must be signed with it (ci.verify)
 
 
 def remote_ref(namespace: str, project: Project, image: str = "nix-cache") -> str:
@@ -51,7 +53,7 @@ def find(project: Project, settings: CacheSettings) -> docker.Image | None:
     where = settings.cache
     if image is None and settings.namespace:
         where = remote_ref(settings.namespace, project)
-        image = _pull(where, settings.cache)
+        image = _pull(where, settings.cache, settings.public_key)
     if image is None:
         return None
     _check_role(image, where)
@@ -65,10 +67,15 @@ def find(project: Project, settings: CacheSettings) -> docker.Image | None:
     return image
 
 
-def _pull(ref: str, local: str) -> docker.Image | None:
-    """Pull the registry's cache; None, saying why, when it cannot be had."""
+def _pull(ref: str, local: str, public_key: Path | None = None) -> docker.Image | None:
+    """Pull the registry's cache; None, saying why, when it cannot be had. With `public_key`, only
+    the manifest whose signature it verifies is pulled, by digest; an unsigned one is refused."""
     log.info("no local cache image; pulling %s", ref)
     try:
+        if public_key is not None:
+            from . import verify
+
+            ref = verify.require(ref, public_key)
         image = docker.pull(ref, credentials.for_registry(ref.split("/", 1)[0]))
     except (RegistryError, NetworkUnavailable) as exc:
         _warn(f"cannot use the cache image: {exc.message}; building without it", "unusable cache image")

@@ -17,6 +17,7 @@ from docker.utils.build import exclude_paths
 
 from .core import process, resources
 from .core.errors import CommandFailed, ConfigError, ToolMissing
+from .labels import Settings as LabelSettings
 
 # Tags that carry an image's identity start with this: name:id-<inputs>.
 IDENTITY_PREFIX = "id-"
@@ -33,6 +34,7 @@ class Project:
     root: Path
     pkgs: str  # the package set: nix/nixpkgs (pinned nixpkgs) or a stand-in
     images: str  # the images file: a function returning { web; web-cmd; }
+    labels: LabelSettings = LabelSettings()  # source, licenses, version of the images (ci.labels)
 
     def __post_init__(self) -> None:
         for what, relative in (("package set", self.pkgs), ("images file", self.images)):

@@ -11,12 +11,16 @@ the two never disagree.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from . import transfer
 from .core.errors import ToolkitError
 from .tools import skopeo
+
+if TYPE_CHECKING:
+    from .publish import Options
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +33,21 @@ class Member:
     remote: str  # REGISTRY/PATH/NAME, without a tag
 
 
-def publish(members: Sequence[Member], immutable: Sequence[str], *, insecure: bool = False) -> list[transfer.Pushed]:
-    """Push every member under every `immutable` tag, then move each one's `latest`, last."""
+def publish(members: Sequence[Member], immutable: Sequence[str], *, insecure: bool = False,
+            options: Callable[[str], Options] | None = None) -> list[transfer.Pushed]:
+    """Push every member under every `immutable` tag, then move each one's `latest`, last.
+    `options(local)` says what a member's push adds (annotations, signatures: ci.publish); the
+    immutable push signs, so the `latest` moves write tags only."""
     pushed = []
     for member in members:
-        pushed += transfer.push(member.local, [f"docker://{member.remote}:{tag}" for tag in immutable], insecure=insecure)
+        pushed += transfer.push(member.local, [f"docker://{member.remote}:{tag}" for tag in immutable], insecure=insecure,
+                                options=options(member.local) if options else None)
     before = {member.remote: _digest(f"{member.remote}:{MOVING}", insecure) for member in members}
     moved: list[Member] = []
     try:
         for member in members:
-            pushed += transfer.push(member.local, [f"docker://{member.remote}:{MOVING}"], insecure=insecure)
+            pushed += transfer.push(member.local, [f"docker://{member.remote}:{MOVING}"], insecure=insecure,
+                                    options=options(member.local) if options else None)
             moved.append(member)
     except ToolkitError:
         for member in moved:

@@ -3,18 +3,23 @@ layouts, or extract it to an archive, a layout or a root filesystem."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .core.errors import ConfigError, naming_full_disk
 from .core.files import human_size, writable_directory
 from .core.refs import Destination, check_tag, parse_destination
 from .project import IDENTITY_PREFIX
 from .tools import docker, skopeo, umoci
+
+if TYPE_CHECKING:
+    from . import publish
 
 log = logging.getLogger(__name__)
 
@@ -42,45 +47,60 @@ def local_image(image: str, known: list[str]) -> str:
     return ref
 
 
-def push(image: str, targets: list[str], *, insecure: bool = False) -> list[Pushed]:
+def push(image: str, targets: list[str], *, insecure: bool = False, options: publish.Options | None = None) -> list[Pushed]:
     """Copy the local `image` to every target; returns each destination's digest.
 
     A registry target without a tag gets every tag the image has under its
     name (its input identity id-…, its date, then latest, last). The image
-    leaves the engine once: later targets are copied from the first, so a
-    registry that holds the blobs only receives manifests. When a repository
-    already holds the image's identity tag, nothing but tags is written.
+    leaves the engine once, into an OCI layout whose manifest gets the
+    commit's annotations; each repository gets it by digest, signed and with
+    its SBOM and provenance when `options` has a key, and only then its tags
+    (ci.publish says why in that order). When a repository already holds the
+    image's identity tag, nothing but tags is written.
     """
+    from . import labels, publish
+
     if not targets:
         raise ConfigError("push needs at least one destination",
                           "pass --to docker://REGISTRY/NAME[:TAG] or --to oci:DIR[:TAG]")
+    options = options or publish.Options(labels.Origin("", "", ""))
     tags = _own_tags(image)
     destinations = [d for t in targets for d in _expand(t, tags)]
-    identity = next((t for t in tags if t.startswith(IDENTITY_PREFIX)), None)
-    first: str | None = None
-    sizes: dict[str, int] = {}
-    results = []
+    publish.check_signable(destinations, options)
+    identity = publish.identity_of(tags)
+    repositories: dict[str, list[Destination]] = {}
     for destination in destinations:
-        source = first or f"docker-daemon:{image}"
-        if destination.transport == "docker" and identity:
-            already = f"docker://{destination.image.name}:{identity}"
-            if already != destination.skopeo_name() and skopeo.exists(already, insecure=insecure):
-                log.info("%s already holds this image (%s): only the tag is written", destination.image.name, identity)
-                source = already
-        log.info("copying %s to %s", image, destination)
-        copied = skopeo.copy(source, destination.skopeo_name(), insecure=insecure, on_line=_progress)
-        if destination.transport == "docker" and not {*copied.uploaded, *copied.skipped} <= sizes.keys():
-            sizes |= skopeo.blob_sizes(destination.skopeo_name(), insecure=insecure)
-        pushed = Pushed(str(destination), copied.digest,
-                        sum(sizes.get(b, 0) for b in copied.uploaded), sum(sizes.get(b, 0) for b in copied.skipped))
-        if copied.uploaded or copied.skipped:
-            log.info("uploaded %s in %d layers; %s in %d layers were already there",
-                     human_size(pushed.bytes_uploaded), len(copied.uploaded),
-                     human_size(pushed.bytes_skipped), len(copied.skipped))
-        results.append(pushed)
-        first = first or destination.skopeo_name()
-    return results
+        if destination.transport == "docker":
+            repositories.setdefault(destination.image.name, []).append(destination)
+    results: dict[int, Pushed] = {}
+    with contextlib.ExitStack() as stack:
+        stages: list[publish.Staged] = []
 
+        def stage() -> publish.Staged:
+            if not stages:
+                stages.append(stack.enter_context(publish.staged(image, options.origin, _progress)))
+            return stages[0]
+
+        for repository, group in repositories.items():
+            existing = publish.holding(group[0], identity, insecure)
+            digest, copied = publish.push_repository(None if existing else stage(), repository, group, options,
+                                                     existing=existing, identity=identity, insecure=insecure,
+                                                     progress=_progress)
+            sizes = publish.layer_sizes(repository, digest, insecure)
+            total = sum(sizes.values())
+            uploaded = sum(sizes.get(b, 0) for b in copied.uploaded) if copied else 0
+            if copied and copied.uploaded:
+                log.info("uploaded %s in %d layers; %s were already there", human_size(uploaded), len(copied.uploaded),
+                         human_size(total - uploaded))
+            for n, destination in enumerate(group):
+                first = n == 0 and copied is not None
+                results[destinations.index(destination)] = Pushed(str(destination), digest, uploaded if first else 0,
+                                                                  total - uploaded if first else total)
+        for n, destination in enumerate(destinations):
+            if destination.transport != "docker":
+                copied = skopeo.copy(stage().source, destination.skopeo_name(), on_line=_progress)
+                results[n] = Pushed(str(destination), copied.digest, 0, 0)
+    return [results[n] for n in range(len(destinations))]
 
 
 def _own_tags(image: str) -> list[str]:

@@ -10,11 +10,12 @@ FROM ${CACHE_IMAGE} AS web-builder
 # One ARG line: each instruction costs the classic builder a commit. NIX_CONFIG:
 # extra Nix settings; `--substituter REF` sets it to a binary cache pulled from
 # a registry (/src/.nix-substituter) and the keys its paths must be signed with.
-ARG PKGS=nix/nixpkgs IMAGES=nix/images.nix NIX_CONFIG=
+# LABELS: OCI labels as JSON; the toolkit also gives them to this build's last stage.
+ARG PKGS=nix/nixpkgs IMAGES=nix/images.nix NIX_CONFIG= LABELS={}
 
 COPY . /src
 WORKDIR /src
-RUN nix-build "${IMAGES}" --arg pkgs "import /src/${PKGS} {}" --attr web --out-link /image \
+RUN nix-build "${IMAGES}" --arg pkgs "import /src/${PKGS} {}" --attr web --argstr labels "${LABELS}" --out-link /image \
  && nix-build "${IMAGES}" --arg pkgs "import /src/${PKGS} {}" --attr web-cmd --out-link /cmd
 
 # The archive only lives for this step; skopeo cannot read from a pipe.

@@ -19,8 +19,10 @@ FROM ${CACHE_IMAGE}
 # web or services (nix/services.nix). NIX_CONFIG: extra Nix settings;
 # `--substituter REF` sets it to a binary cache pulled from a registry (in the
 # build context, /src/.nix-substituter) and the keys its paths must be signed with.
-ARG PKGS=nix/nixpkgs IMAGES=nix/images.nix ATTR=web NIX_CONFIG=
+# LABELS: OCI labels as JSON for the images file's `labels` argument (source,
+# licenses, version: where the image comes from; ci/labels.py).
+ARG PKGS=nix/nixpkgs IMAGES=nix/images.nix ATTR=web NIX_CONFIG= LABELS={}
 
 COPY . /src
 # cd rather than WORKDIR, and no CMD, for the same reason: the toolkit runs /result.
-RUN cd /src && nix-build "${IMAGES}" --arg pkgs "import /src/${PKGS} {}" --attr "${ATTR}" --out-link /result
+RUN cd /src && nix-build "${IMAGES}" --arg pkgs "import /src/${PKGS} {}" --attr "${ATTR}" --argstr labels "${LABELS}" --out-link /result

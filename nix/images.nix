@@ -16,6 +16,10 @@
 { pkgs ? import ./nixpkgs {}      # package set (pinned nixpkgs)
 , page ? ./web/index.html         # the page nginx serves
 , tag ? null                      # image tag; null derives it from the output hash
+  # OCI labels as a JSON object: where the image comes from (source, and
+  # licenses and version when known). The toolkit passes them
+  # (`--argstr labels`); title and description come from here.
+, labels ? "{}"
 }:
 let
   # The unprivileged user and group nginx runs as, and the port it listens on.
@@ -146,6 +150,11 @@ rec {
     enableFakechroot = false;
 
     config = {
+      # No date or commit here: they would change the image at every commit.
+      Labels = {
+        "org.opencontainers.image.title" = "web";
+        "org.opencontainers.image.description" = "nginx serving a static page, as an unprivileged user";
+      } // builtins.fromJSON labels;
       User = "${toString uid}:${toString gid}";
       Cmd = [ "${web-cmd}" ];
       ExposedPorts."${toString port}/tcp" = { };

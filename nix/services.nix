@@ -25,6 +25,9 @@
 { pkgs ? import ./nixpkgs {}      # package set (pinned nixpkgs)
 , page ? ./web/index.html         # the page nginx serves
 , tag ? null                      # image tag; null derives it from the output hash
+  # OCI labels as a JSON object, passed by the toolkit (`--argstr labels`):
+  # where the image comes from; title and description come from here.
+, labels ? "{}"
   # The images file whose web-cmd is the nginx service (the tests give
   # theirs, where busybox httpd stands in for nginx).
 , images ? import ./images.nix { inherit pkgs page tag; }
@@ -104,6 +107,10 @@ rec {
     '';
 
     config = {
+      Labels = {
+        "org.opencontainers.image.title" = "services";
+        "org.opencontainers.image.description" = "nginx and a status page supervised by s6";
+      } // builtins.fromJSON labels;
       User = "${toString uid}:${toString gid}";
       Cmd = [ "${services-run}/bin/run" "/run/services" ];
       # What the services run with, for `docker exec` too (sh, s6-svstat, ...).

@@ -44,6 +44,7 @@ INSTALL_HINTS = {
     "mcopy": "apt-get install mtools",
     "mdir": "apt-get install mtools",
     "xorriso": "apt-get install xorriso",
+    "cosign": "bash .ci/setup (it installs Debian 13's cosign)",
 }
 
 TAIL_LINES = 20

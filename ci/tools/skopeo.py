@@ -143,7 +143,7 @@ def _token(found: credentials.Credentials) -> str:
 
 
 def copy(source: str, destination: str, *, insecure: bool = False,
-         on_line: Callable[[str], None] | None = None) -> CopyResult:
+         on_line: Callable[[str], None] | None = None, options: tuple[str, ...] = ()) -> CopyResult:
     """`skopeo copy source destination`, returning the written manifest's digest.
 
     skopeo says which blobs it skipped only in its debug output, so it runs
@@ -169,6 +169,7 @@ def copy(source: str, destination: str, *, insecure: bool = False,
                         *auth,
                         *tls_flags("src", source, insecure),
                         *tls_flags("dest", destination, insecure),
+                        *options,  # e.g. --dest-compress
                         f"--digestfile={digest_file}",
                         source,
                         destination,

@@ -102,6 +102,13 @@ in
         inherit created extraCommands fakeRootCommands architecture;
       } (readFile ./layer-plan.sh);
 
+      # As nixpkgs' conf.json, which its script refers to: the store layers
+      # (store_layers, lists of store paths), so that the image's store paths
+      # can be read from the script's references, as there.
+      conf = runCommand "${name}-conf.json" { inherit plan; } ''
+        { printf '{"store_layers":'; cat "$plan"; printf '}\n'; } > $out
+      '';
+
       # The customisation layer: contents linked into /, then the commands.
       customisationLayer = runCommand "${name}-customisation-layer" {
         storePaths = "";
@@ -131,6 +138,7 @@ in
       script = concatStringsSep "\n" ([
         "#!${busybox}/bin/sh"
         "# Writes the docker-archive of ${name}:${imageTag} to stdout: ./result | docker load"
+        "# Its store layers: ${conf}"
         "exec ${busybox}/bin/cat ${image}/archive-head \\"
       ] ++ map (layer: "  ${layer}/archive-entry ${layer}/layer.tar \\") layers
         ++ [ "  ${image}/archive-end" "" ]);

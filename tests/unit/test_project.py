@@ -25,9 +25,9 @@ def test_the_shipped_web_dockerfile_runs_in_one_container():
         image="sha256:c0ffee",
         context_to="/src",
         environment={"PKGS": "tests/nixpkgs", "IMAGES": "tests/fixtures/images.nix", "ATTR": "services",
-                     "NIX_CONFIG": ""},
+                     "NIX_CONFIG": "", "LABELS": "{}"},
         runs=['cd /src && nix-build "${IMAGES}" --arg pkgs "import /src/${PKGS} {}" --attr "${ATTR}" '
-              "--out-link /result"],
+              '--argstr labels "${LABELS}" --out-link /result'],
     )
 
 

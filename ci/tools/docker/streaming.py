@@ -44,7 +44,8 @@ STOP_WAIT = 30
 
 def stream_into_load(image: str, command: list[str], *, known_chains: set[str], tag: str,
                      accept: Callable[[list[str]], object] = lambda named: None, files: IO[bytes] | None = None,
-                     environment: Mapping[str, str] | None = None, describe: str | None = None) -> Image:
+                     environment: Mapping[str, str] | None = None, describe: str | None = None,
+                     collect: Callable[[str, Image], None] | None = None) -> Image:
     """Run `command` in a container of `image` and `docker load` the archive it writes to stdout.
 
     `files` (a tar archive) is unpacked at / before the command starts, and
@@ -56,6 +57,8 @@ def stream_into_load(image: str, command: list[str], *, known_chains: set[str], 
     name: no temporary tag to remove, none left should the run stop right
     after. Returns it; the container is removed, at once when the toolkit
     stops reading (Ctrl-C). `describe` names the command in the log and in errors.
+    `collect(container, image)` runs once the image is loaded, before the
+    container goes: what the build left in it can still be copied out.
     """
     api = client().api
     describe = describe or " ".join(command)
@@ -95,7 +98,10 @@ def stream_into_load(image: str, command: list[str], *, known_chains: set[str], 
                 raise failure from None
             log.info("loaded %s into the engine; %d layers (%s) it has already were left out",
                      human_size(forwarding.bytes_kept), forwarding.layers_dropped, human_size(forwarding.bytes_dropped))
-            return require_image(tag, "docker load reported success but the image is missing")
+            loaded = require_image(tag, "docker load reported success but the image is missing")
+            if collect is not None:
+                collect(container, loaded)
+            return loaded
         except docker.errors.APIError as exc:
             raise _api_error(exc, "loading the image into Docker failed") from None
         finally:
