@@ -7,11 +7,14 @@ need it are skipped with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
+import uuid
 
 import docker
+import docker.errors
 import pytest
 import requests
 
@@ -57,20 +60,77 @@ def nix_on_host():
         unavailable(f"no Nix on this machine ({exc}); apt-get install nix-bin")
 
 
+def printed_id(outcome) -> str:
+    """The image ID a build task printed on its first line (NAME:TAG ID)."""
+    return outcome.stdout.split()[1]
+
+
 @pytest.fixture(scope="session")
 def cache_image(engine):
-    """nix-base and nix-cache built with the Debian builder and the stand-in package set."""
+    """nix-base and nix-cache built with the Debian builder and the stand-in package set:
+    the nix-cache image this build made, by the ID it printed."""
     outcome = invoke("build-cache", "--from-debian")
     assert outcome.code == 0, outcome.stderr[-3000:]
-    return engine.images.get("nix-cache:latest")
+    return engine.images.get(printed_id(outcome))
 
 
 @pytest.fixture(scope="session")
-def web_image(engine, cache_image):
-    """web:latest built with the default (load) flow."""
+def builder_image(engine, cache_image):
+    """The Debian-made builder cache_image was built from, by ID: of the images with its packages
+    label (nix-base and nix-cache inherit it), the one with fewest layers that begin cache_image's."""
+    layers = cache_image.attrs["RootFS"]["Layers"]
+    under = [image for image in engine.images.list(filters={"label": f"{LABEL}.packages"})
+             if layers[:len(image.attrs["RootFS"]["Layers"])] == image.attrs["RootFS"]["Layers"]]
+    if not under:
+        pytest.fail(f"no Debian builder under the cache image {cache_image.id}")
+    return min(under, key=lambda image: len(image.attrs["RootFS"]["Layers"]))
+
+
+def identity_tag(outcome) -> str:
+    """The identity tag (NAME:id-<inputs>) a build task printed first. A build with other inputs
+    gets another identity tag; none moves this one, as builds move NAME:latest."""
+    tag = outcome.stdout.split()[0]
+    assert ":id-" in tag, outcome.stdout
+    return tag
+
+
+@pytest.fixture(scope="session")
+def web_build(cache_image):
+    """build-web with the default (load) flow, once: what it printed."""
     outcome = invoke("build-web")
     assert outcome.code == 0, outcome.stderr[-3000:]
-    return engine.images.get("web:latest")
+    return outcome
+
+
+@pytest.fixture(scope="session")
+def web_image(engine, web_build):
+    """The web image of the default flow, by the ID build-web printed. Tests read it by ID or
+    web_tag, never as web:latest, which other tests' builds move."""
+    return engine.images.get(printed_id(web_build))
+
+
+@pytest.fixture(scope="session")
+def web_tag(web_build) -> str:
+    """web_image's identity tag, web:id-<inputs>: what to give the tasks that take NAME:TAG (push, extract)."""
+    return identity_tag(web_build)
+
+
+@contextlib.contextmanager
+def run_web_settings(engine, image_id: str):
+    """The settings under which run-web and stop-web run the image `image_id` and nothing else.
+
+    run-web starts <web.name>:latest as the container web.container: web:latest moves with every
+    build, and the container name is everyone's. Here both are a name of the test's own, tagged
+    on the image meanwhile; the container, should the test leave one, and the tag go after.
+    """
+    name = f"webtest-{uuid.uuid4().hex[:8]}"
+    engine.api.tag(image_id, name, "latest")
+    try:
+        yield {"INVOKE_WEB_NAME": name, "INVOKE_WEB_CONTAINER": name}
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):
+            engine.containers.get(name).remove(force=True)
+        engine.images.remove(f"{name}:latest", noprune=True)
 
 
 # build-web's log line once Nix has built the image's stream script (its store path), which

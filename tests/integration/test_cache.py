@@ -12,7 +12,7 @@ import pytest
 from ci.project import Project
 from tests.conftest import ROOT, assert_one_line_error, invoke
 from tests.integration import registries
-from tests.integration.conftest import LABEL, project_copy
+from tests.integration.conftest import LABEL, identity_tag, printed_id, project_copy
 
 PACKAGE_SET_ID = Project(ROOT, "tests/nixpkgs", "tests/fixtures/images.nix").package_set_id()
 
@@ -45,48 +45,73 @@ def test_page_change_rebuilds_only_what_depends_on_the_page(engine, web_image, t
     assert "webroot" in built and "web-cmd" in built
     assert not {name for name in built if "busybox" in name or name in ("passwd", "group")}, built
 
-    changed = engine.images.get(tags_printed(outcome.stdout)[0])
+    changed = engine.images.get(identity_tag(outcome))
     before, after = web_image.attrs["RootFS"]["Layers"], changed.attrs["RootFS"]["Layers"]
     assert len(before) == len(after)
     differing = [i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b]
     assert len(differing) == 2, differing  # the page's layer and web-cmd's, which refers to it
-    assert invoke("build-web").code == 0  # web:latest back to the repository's page
+    assert invoke("build-web").code == 0  # web:latest back to the repository's page, for whoever uses it next
 
 
-def test_push_sends_only_what_the_registry_lacks(engine, web_image, tmp_path):
+def test_push_sends_only_what_the_registry_lacks(engine, web_image, web_tag, tmp_path):
     with registries.registry(tmp_path / "registry") as address:
-        check_incremental_push(engine, web_image, f"{address}/test-incremental/web", tmp_path)
+        check_incremental_push(engine, web_image, web_tag, f"{address}/test-incremental/web", tmp_path)
 
 
-def check_incremental_push(engine, web_image, repository, tmp_path):
-    first = invoke("push", "web", "--to", f"docker://{repository}")
+def check_incremental_push(engine, web_image, web_tag, repository, tmp_path):
+    # build-web, as a user runs it before a push: nothing to build, and web:latest names the image again
+    # (another test's build may have moved it), so that the image has every tag a push sends.
+    rebuilt = invoke("build-web")
+    assert rebuilt.code == 0, rebuilt.stderr[-3000:]
+    assert {line.split()[1] for line in rebuilt.stdout.strip().splitlines()} == {web_image.id}
+    first = invoke("push", web_tag, "--to", f"docker://{repository}")
     assert first.code == 0, first.stderr
     lines = first.stdout.strip().splitlines()
     assert [line.split()[0].rpartition(":")[2] for line in lines][-1] == "latest"
     assert lines[0].split()[0].rpartition(":")[2].startswith("id-")
     assert len({line.split()[1] for line in lines}) == 1  # every tag, one manifest
 
-    again = invoke("push", "web", "--to", f"docker://{repository}")
+    again = invoke("push", web_tag, "--to", f"docker://{repository}")
     assert "already holds this image" in again.stderr
     assert all("uploaded=0 " in line for line in again.stdout.splitlines())
 
-    changed_page = invoke("build-web", env=project_copy(tmp_path, "<p>pushed change</p>\n"))
-    assert changed_page.code == 0, changed_page.stderr
-    pushed = invoke("push", "web", "--to", f"docker://{repository}:changed")
-    assert pushed.code == 0, pushed.stderr
-    uploaded = int(re.search(r"uploaded=(\d+)", pushed.stdout)[1])
-    new_layers = set(engine.images.get("web:latest").attrs["RootFS"]["Layers"]) - set(web_image.attrs["RootFS"]["Layers"])
-    assert new_layers
-    sizes = registries.layer_sizes(f"{repository}:changed")
-    changed_size = sum(sizes[diff_id] for diff_id in new_layers)
-    assert 0 < uploaded <= 1.2 * changed_size, (uploaded, changed_size)
-    assert invoke("build-web").code == 0
+    try:
+        changed_page = invoke("build-web", env=project_copy(tmp_path, "<p>pushed change</p>\n"))
+        assert changed_page.code == 0, changed_page.stderr
+        changed = identity_tag(changed_page)
+        pushed = invoke("push", changed, "--to", f"docker://{repository}:changed")
+        assert pushed.code == 0, pushed.stderr
+        uploaded = int(re.search(r"uploaded=(\d+)", pushed.stdout)[1])
+        new_layers = set(engine.images.get(changed).attrs["RootFS"]["Layers"]) - set(web_image.attrs["RootFS"]["Layers"])
+        assert new_layers
+        sizes = registries.layer_sizes(f"{repository}:changed")
+        changed_size = sum(sizes[diff_id] for diff_id in new_layers)
+        assert 0 < uploaded <= 1.2 * changed_size, (uploaded, changed_size)
+    finally:
+        assert invoke("build-web").code == 0  # web:latest back to the repository's page, for whoever uses it next
 
 
-def test_cache_pushed_then_pulled_is_used(engine, cache_image, registry, tmp_path):
+@pytest.fixture
+def own_cache_names(engine):
+    """Local names for nix-base and nix-cache that nothing else uses, so that a build-cache leaves
+    nix-base:latest and nix-cache:latest alone; their tags are removed afterwards."""
+    names = {"INVOKE_BUILDER_BASE": "nix-cache-test:base", "INVOKE_BUILDER_CACHE": "nix-cache-test:cache"}
+    yield names
+    remove_own_tags(engine, "nix-cache-test")
+
+
+def remove_own_tags(engine, repository: str) -> None:
+    """Remove the tags of `repository`, and no other tag of the images that have them."""
+    for image in engine.images.list(repository):
+        for tag in (tag for tag in image.tags if tag.startswith(f"{repository}:")):
+            engine.images.remove(tag, noprune=True)
+
+
+def test_cache_pushed_then_pulled_is_used(engine, cache_image, registry, own_cache_names, tmp_path):
     namespace = f"{registry}/test-cache"
-    pushed = invoke("build-cache", "--push", namespace)
+    pushed = invoke("build-cache", "--push", namespace, env=own_cache_names)
     assert pushed.code == 0, pushed.stderr
+    assert pushed.stdout.split()[0] == "nix-cache-test:cache"
     destinations = [line.split()[0] for line in pushed.stdout.strip().splitlines()[1:]]
     assert f"docker://{namespace}/nix-cache:pkgs-{PACKAGE_SET_ID}" in destinations
     assert destinations[-1] == f"docker://{namespace}/nix-cache:latest"
@@ -101,10 +126,9 @@ def test_cache_pushed_then_pulled_is_used(engine, cache_image, registry, tmp_pat
         built = built_derivations(outcome.stderr)
         assert "webroot" in built
         assert not {name for name in built if "busybox" in name}, built  # cached paths not built again
-        assert engine.images.get("nix-cache-test:pulled").id == engine.images.get("nix-cache:latest").id
+        assert engine.images.get("nix-cache-test:pulled").id == printed_id(pushed)  # the cache this test pushed
     finally:
-        engine.images.remove("nix-cache-test:pulled", noprune=True)
-        assert invoke("build-web").code == 0
+        assert invoke("build-web").code == 0  # web:latest back to the repository's page, for whoever uses it next
 
 
 def test_old_cache_warns(web_image):
@@ -115,12 +139,10 @@ def test_old_cache_warns(web_image):
 
 @pytest.fixture
 def fallback_cache(engine):
-    """A local cache name nothing else uses, removed afterwards."""
-    yield {"INVOKE_BUILDER_CACHE": "nix-cache-test:fallback"}
-    for image in engine.images.list("nix-cache-test"):
-        # Only our names: a fallback built wholly from the engine's build cache is nix-cache:latest itself.
-        for tag in (tag for tag in image.tags if tag.startswith("nix-cache-test:")):
-            engine.images.remove(tag, noprune=True)
+    """Local names for the cache and the base it is built from that nothing else uses, removed afterwards
+    (only these tags: a fallback built wholly from the engine's build cache is nix-cache:latest itself)."""
+    yield {"INVOKE_BUILDER_CACHE": "nix-cache-test:fallback", "INVOKE_BUILDER_BASE": "nix-cache-test:fallback-base"}
+    remove_own_tags(engine, "nix-cache-test")
 
 
 def test_unreachable_cache_falls_back_to_building(cache_image, fallback_cache):
@@ -129,7 +151,7 @@ def test_unreachable_cache_falls_back_to_building(cache_image, fallback_cache):
     assert outcome.code == 0, outcome.stderr
     assert f"warning: cannot use the cache image: the registry 127.0.0.1:{down.split(':')[1].split('/')[0]} " \
            "does not answer; building without it" in outcome.stderr
-    assert "building nix-cache-test:fallback from nix-base:latest" in outcome.stderr
+    assert "building nix-cache-test:fallback from nix-cache-test:fallback-base" in outcome.stderr
 
 
 def test_missing_cache_falls_back_to_building(cache_image, registry, fallback_cache):

@@ -163,10 +163,10 @@ def second_engine(engine, cache_image, tmp_path_factory):
                         ["mount", "--make-shared", str(second.state)]):
             subprocess.run(command, check=True)
         second.start()
-        builder = engine.images.get("nix-cache:latest").id  # now: an earlier test may have rebuilt it
-        for _ in second.client.api.load_image(engine.api.get_image(builder)):  # the builder, under its id
+        # The session's cache image, by its ID: nix-cache:latest names whatever the last build-cache made.
+        for _ in second.client.api.load_image(engine.api.get_image(cache_image.id)):  # the builder, under its id
             pass
-        second.client.api.tag(builder, "nix-cache", "latest")
+        second.client.api.tag(cache_image.id, "nix-cache", "latest")
         yield second
     finally:
         second.stop()

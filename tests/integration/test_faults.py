@@ -32,7 +32,7 @@ from ci.edge import report_errors
 from ci.tools import skopeo
 from tests.conftest import FIXTURE_CONFIG, ROOT, Outcome, assert_one_line_error, invoke
 from tests.integration import registries
-from tests.integration.conftest import STREAM_BUILT, project_copy, unavailable
+from tests.integration.conftest import STREAM_BUILT, identity_tag, project_copy, unavailable
 
 NAME = f"faulttest-web-{uuid.uuid4().hex[:8]}"  # this run's own: other runs of these tests may share the engine
 BENCH = "tests/fixtures/bench/images.nix"
@@ -211,30 +211,32 @@ def remove_tags(engine, repository: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def bench_image(engine, cache_image, tmp_path_factory):
-    """faulttest-web:latest, the 60 MB benchmark image: large enough to kill a registry in the middle of its push."""
+def bench_tag(engine, cache_image, tmp_path_factory) -> str:
+    """The 60 MB benchmark image, large enough to kill a registry in the middle of its push, by
+    its identity tag (NAME:id-…): the tests hand it to push and extract, never NAME:latest, which
+    the Ctrl-C tests' builds of the same name could move."""
     env, _ = fault_project(tmp_path_factory.mktemp("bench-project"))
     outcome = invoke("build-web", env=env)
     assert outcome.code == 0, outcome.stderr[-3000:]
-    yield engine.images.get(f"{NAME}:latest")
+    yield identity_tag(outcome)
     remove_tags(engine, NAME)
 
 
 @pytest.fixture
-def bench_env(bench_image, tmp_path) -> dict[str, str]:
+def bench_env(bench_tag, tmp_path) -> dict[str, str]:
     return {"INVOKE_WEB_NAME": NAME, **private_tmpdir(tmp_path / "tmp")}
 
 
 # --- a registry killed in the middle of a push --------------------------------------------------
 
 
-def test_registry_killed_mid_push_fails_in_one_line_and_the_push_resumes_later(bench_image, bench_env, tmp_path):
+def test_registry_killed_mid_push_fails_in_one_line_and_the_push_resumes_later(bench_tag, bench_env, tmp_path):
     with registries.registry_server(tmp_path / "registry") as server:
         target = f"{server.address}/faulttest/web:1"
         registries.push_handmade_image(target, architecture="amd64", labels={}, workdir=tmp_path)
         old_digest, had = remote_digest(target), acknowledged_blobs(server, "faulttest/web")
 
-        push = Running("push", NAME, "--to", f"docker://{target}", env=bench_env)
+        push = Running("push", bench_tag, "--to", f"docker://{target}", env=bench_env)
         push.wait_for(lambda: len(acknowledged_blobs(server, "faulttest/web") - had) >= 2, "blobs stored")
         server.kill()
         killed = time.monotonic()
@@ -250,7 +252,7 @@ def test_registry_killed_mid_push_fails_in_one_line_and_the_push_resumes_later(b
         server.start()  # same port, same storage
         assert remote_digest(target) == old_digest  # the tag was not moved
 
-        again = invoke("push", NAME, "--to", f"docker://{target}", env=bench_env)
+        again = invoke("push", bench_tag, "--to", f"docker://{target}", env=bench_env)
         assert again.code == 0, again.stderr
         result = pushed(again)
         assert remote_digest(target) == result["digest"]
@@ -263,10 +265,10 @@ def test_registry_killed_mid_push_fails_in_one_line_and_the_push_resumes_later(b
     assert not os.listdir(bench_env["TMPDIR"])
 
 
-def test_a_registry_back_within_the_retries_gets_the_push(bench_image, bench_env, tmp_path):
+def test_a_registry_back_within_the_retries_gets_the_push(bench_tag, bench_env, tmp_path):
     with registries.registry_server(tmp_path / "registry") as server:
         target = f"{server.address}/faulttest/web:2"
-        push = Running("push", NAME, "--to", f"docker://{target}", env=bench_env)
+        push = Running("push", bench_tag, "--to", f"docker://{target}", env=bench_env)
         push.wait_for(lambda: len(acknowledged_blobs(server, "faulttest/web")) >= 2, "blobs stored")
         server.kill()
         push.wait_for(lambda: "trying again in" in push.log, "a retry")
@@ -319,11 +321,11 @@ def test_ctrl_c_during_build_web_leaves_nothing(engine, cache_image, tmp_path, p
 
 
 @pytest.mark.parametrize("to_group", [False, True], ids=["process", "group"])
-def test_ctrl_c_during_push_stops_skopeo_and_leaves_nothing(bench_image, bench_env, tmp_path, to_group):
+def test_ctrl_c_during_push_stops_skopeo_and_leaves_nothing(bench_tag, bench_env, tmp_path, to_group):
     tmpdir = Path(bench_env["TMPDIR"])
     with registries.registry_server(tmp_path / "registry") as server:
         target = f"{server.address}/faulttest/web:interrupted"
-        push = Running("push", NAME, "--to", f"docker://{target}", env=bench_env, own_group=to_group)
+        push = Running("push", bench_tag, "--to", f"docker://{target}", env=bench_env, own_group=to_group)
         # skopeo keeps its copy of the image under the toolkit's temporary directory, not /var/tmp
         push.wait_for(lambda: "Copying blob" in push.log and list(tmpdir.glob("nix-ci-copy-*/docker-tar*")),
                       "skopeo copying blobs")
@@ -344,14 +346,14 @@ def test_ctrl_c_during_push_stops_skopeo_and_leaves_nothing(bench_image, bench_e
     ("docker-archive", "1m"),
     ("oci", "1m"),
 ])
-def test_disk_full_while_extracting_leaves_nothing_partial(bench_env, tmp_path, target, size):
+def test_disk_full_while_extracting_leaves_nothing_partial(bench_tag, bench_env, tmp_path, target, size):
     with small_filesystem(tmp_path / "small", size) as small:
-        outcome = invoke("extract", NAME, "--to", f"{target}:{small / 'x'}", env=bench_env)
+        outcome = invoke("extract", bench_tag, "--to", f"{target}:{small / 'x'}", env=bench_env)
         assert_one_line_error(outcome, f"no space left on device under {small}; free space or choose another directory")
         assert os.listdir(small) == []  # no x, no .extract-*
     assert not os.listdir(bench_env["TMPDIR"])
 
-    roomy = invoke("extract", NAME, "--to", f"{target}:{tmp_path / 'x'}", env=bench_env)
+    roomy = invoke("extract", bench_tag, "--to", f"{target}:{tmp_path / 'x'}", env=bench_env)
     assert roomy.code == 0, roomy.stderr
     assert (tmp_path / "x").exists()
 

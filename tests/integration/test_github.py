@@ -24,10 +24,10 @@ def github_step(tmp_path) -> tuple[dict[str, str], dict[str, Path]]:
     return env, files
 
 
-def test_push_writes_its_digest_and_tags_and_a_summary_row(web_image, tmp_path, github_step):
+def test_push_writes_its_digest_and_tags_and_a_summary_row(web_tag, tmp_path, github_step):
     env, files = github_step
     layout = tmp_path / "layout"
-    outcome = invoke("push", "web", "--to", f"oci:{layout}:v1", env=env)
+    outcome = invoke("push", web_tag, "--to", f"oci:{layout}:v1", env=env)
     assert outcome.code == 0, outcome.stderr
     destination, digest = outcome.stdout.split()[:2]
     assert [m["digest"] for m in json.loads((layout / "index.json").read_text())["manifests"]] == [digest]

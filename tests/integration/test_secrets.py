@@ -108,12 +108,12 @@ def auth_registry(tmp_path):
         yield address, password
 
 
-def test_credentials_from_the_environment_show_nowhere(web_image, auth_registry, github_files, tmp_path):
+def test_credentials_from_the_environment_show_nowhere(web_tag, auth_registry, github_files, tmp_path):
     address, password = auth_registry
     env = {"REGISTRY_USERNAME": USER, "REGISTRY_PASSWORD": password, "CI_DEBUG": "1",  # every command in the log
            **on_github(github_files), **private_tmpdir(tmp_path / "tmp")}
     with ProcessWatch(secret_forms(password)) as watch:
-        outcome = invoke("push", "web", "--to", f"docker://{address}/secrets/web", env=env)  # every tag: inspects and copies
+        outcome = invoke("push", web_tag, "--to", f"docker://{address}/secrets/web", env=env)  # every tag: inspects and copies
     assert outcome.code == 0, outcome.stderr
     assert_nowhere(secret_forms(password), outcome, github_files, watch)
 
@@ -124,24 +124,24 @@ def test_credentials_from_the_environment_show_nowhere(web_image, auth_registry,
     assert "sha256:" in github_files["GITHUB_OUTPUT"].read_text()  # the outputs were written
 
 
-def test_credentials_from_an_auth_file_show_nowhere(web_image, auth_registry, github_files, tmp_path):
+def test_credentials_from_an_auth_file_show_nowhere(web_tag, auth_registry, github_files, tmp_path):
     address, password = auth_registry
     auth_file = tmp_path / "auth.json"  # as `skopeo login --authfile` writes it
     auth_file.write_text(json.dumps({"auths": {address: {"auth": secret_forms(password)[1]}}}))
     env = {"REGISTRY_AUTH_FILE": str(auth_file), "CI_DEBUG": "1", **on_github(github_files)}
     with ProcessWatch(secret_forms(password)) as watch:
-        outcome = invoke("push", "web", "--to", f"docker://{address}/secrets/web:from-file", env=env)
+        outcome = invoke("push", web_tag, "--to", f"docker://{address}/secrets/web:from-file", env=env)
     assert outcome.code == 0, outcome.stderr
     assert_nowhere(secret_forms(password), outcome, github_files, watch)
     assert watch.skopeo and not any("--authfile=" in line for line in watch.skopeo.values())  # skopeo read the file itself
 
 
-def test_a_refused_password_shows_nowhere(web_image, auth_registry, github_files, tmp_path):
+def test_a_refused_password_shows_nowhere(web_tag, auth_registry, github_files, tmp_path):
     address, password = auth_registry
     wrong = f"wrong-{uuid.uuid4().hex}"
     env = {"REGISTRY_USERNAME": USER, "REGISTRY_PASSWORD": wrong, "CI_DEBUG": "1", **on_github(github_files)}
     with ProcessWatch(secret_forms(wrong) + secret_forms(password)) as watch:
-        outcome = invoke("push", "web", "--to", f"docker://{address}/secrets/web:refused", env=env)
+        outcome = invoke("push", web_tag, "--to", f"docker://{address}/secrets/web:refused", env=env)
     assert_one_line_error(outcome, f"the registry {address} refused the credentials")
     assert "::error title=invoke push::" in outcome.stderr  # the annotation, scrubbed like the rest
     assert outcome.stderr.count("trying again") == 0  # refused credentials are not tried again
@@ -159,7 +159,7 @@ def test_a_cache_pulled_with_credentials_shows_them_nowhere(engine, cache_image,
     auth_file = tmp_path / "auth.json"
     auth_file.write_text(json.dumps({"auths": {address: {"auth": secret_forms(password)[1]}}}))
     subprocess.run(["skopeo", f"--policy={registries.POLICY}", "copy", f"--authfile={auth_file}", "--dest-tls-verify=false",
-                    "docker-daemon:nix-cache:latest", f"docker://{remote}"], check=True, capture_output=True)
+                    f"docker-daemon:{cache_image.id}", f"docker://{remote}"], check=True, capture_output=True)
     env = {**env, "REGISTRY_USERNAME": USER, "REGISTRY_PASSWORD": password, "INVOKE_BUILDER_CACHE": local,
            "CI_DEBUG": "1", **on_github(github_files), **private_tmpdir(tmp_path / "tmp")}
     try:
@@ -191,14 +191,14 @@ def tls_registry(tmp_path):
         yield server.address
 
 
-def test_a_registry_off_loopback_must_have_a_certificate_we_trust(web_image, tls_registry):
+def test_a_registry_off_loopback_must_have_a_certificate_we_trust(web_tag, tls_registry):
     target = f"docker://{tls_registry}/tls/web:1"
-    refused = invoke("push", "web", "--to", target)
+    refused = invoke("push", web_tag, "--to", target)
     assert_one_line_error(refused, f"the registry {tls_registry} has a certificate that cannot be verified",
                           "pass --insecure if you trust it")
     assert "trying again" not in refused.stderr
 
-    trusted = invoke("push", "web", "--to", target, "--insecure")
+    trusted = invoke("push", web_tag, "--to", target, "--insecure")
     assert trusted.code == 0, trusted.stderr
     served = subprocess.run(["skopeo", "inspect", "--tls-verify=false", target], check=True, capture_output=True, text=True)
     assert json.loads(served.stdout)["Digest"] == trusted.stdout.split()[1]

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import time
+import uuid
 from datetime import datetime
 
 import docker.errors
@@ -16,29 +18,58 @@ import pytest
 import requests
 
 from tests.conftest import invoke
+from tests.integration.conftest import identity_tag, printed_id
 from tests.integration.test_services_s6 import FIXTURE
 
-WEB_PORT, STATUS_PORT = 19280, 19281
+
+def two_free_ports() -> tuple[int, int]:
+    with socket.socket() as one, socket.socket() as other:
+        one.bind(("127.0.0.1", 0))
+        other.bind(("127.0.0.1", 0))
+        return one.getsockname()[1], other.getsockname()[1]
+
+
+# A container name and ports of this run's own: another run of these tests may share the engine and the machine.
+CONTAINER = f"services-test-{uuid.uuid4().hex[:8]}"
+ENV = {**FIXTURE, "INVOKE_START_SERVICES_CONTAINER": CONTAINER}
+WEB_PORT, STATUS_PORT = two_free_ports()
 PUBLISH = ["--publish", f"{WEB_PORT}:8080", "--publish", f"{STATUS_PORT}:8081"]
 
 
 @pytest.fixture(scope="session")
-def services_image(engine, cache_image):
-    outcome = invoke("build-services", env=FIXTURE)
+def services_build(cache_image):
+    """build-services of the fixture services file, once: what it printed."""
+    outcome = invoke("build-services", env=ENV)
     assert outcome.code == 0, outcome.stderr[-3000:]
-    return engine.images.get("services:latest")
+    return outcome
+
+
+@pytest.fixture(scope="session")
+def services_image(engine, services_build):
+    """The services image, by the ID build-services printed (services:latest moves with any build of it)."""
+    return engine.images.get(printed_id(services_build))
+
+
+@pytest.fixture(scope="session")
+def services_tag(services_build) -> str:
+    """services_image's identity tag, services:id-<inputs>, for the tasks that take NAME:TAG."""
+    return identity_tag(services_build)
 
 
 @pytest.fixture
 def container(engine, services_image):
-    """The services container, started with `invoke start services --container`."""
-    outcome = invoke("start", "services", "--container", *PUBLISH, env=FIXTURE)
+    """The services container, started with `invoke start services --container`: the image it
+    starts is the one its build names services:latest, which must be services_image."""
+    outcome = invoke("start", "services", "--container", *PUBLISH, env=ENV)
     assert outcome.code == 0, outcome.stderr[-3000:]
     assert outcome.stdout.split() == [f"http://127.0.0.1:{WEB_PORT}/", f"http://127.0.0.1:{STATUS_PORT}/"]
-    started = engine.containers.get("services")
-    yield started
-    with contextlib.suppress(docker.errors.NotFound):  # a test may have removed it already
-        started.remove(force=True)
+    started = engine.containers.get(CONTAINER)
+    try:
+        assert started.image.id == services_image.id
+        yield started
+    finally:
+        with contextlib.suppress(docker.errors.NotFound):  # a test may have removed it already
+            started.remove(force=True)
 
 
 def statuses() -> dict[str, str]:
@@ -61,7 +92,7 @@ def test_the_image_is_built_like_web_and_runs_as_uid_101(services_image):
 
 
 def test_build_services_again_builds_nothing(services_image):
-    outcome = invoke("build-services", env=FIXTURE)
+    outcome = invoke("build-services", env=ENV)
     assert outcome.code == 0, outcome.stderr
     assert "is up to date: nothing it is built from has changed" in outcome.stderr
     assert outcome.stdout.split()[1] == services_image.id
@@ -81,14 +112,14 @@ def test_s6_svscan_is_pid_1_and_both_services_answer(container):
 
 
 def test_a_service_killed_in_the_container_is_restarted(container):
-    before = statuses()["nginx"]
-    pid = before.split("pid ")[1].split(")")[0]
+    before = statuses()["nginx"]  # up (pid 19) 3 seconds, or with a newer s6 up (pid 19 pgid 19) 3 seconds
+    pid = re.search(r"\(pid (\d+)", before)[1]
     assert container.exec_run(["kill", "-9", pid], user="101").exit_code == 0
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         try:
             after = statuses()["nginx"]
-            if after.startswith("up") and f"pid {pid})" not in after:
+            if after.startswith("up") and re.search(r"\(pid (\d+)", after)[1] != pid:
                 break
         except requests.RequestException:
             pass
@@ -118,22 +149,22 @@ def test_docker_stop_brings_the_services_down_through_s6_and_exits_0_in_time(con
 
 
 def test_invoke_stop_reports_how_long_it_took(container):
-    outcome = invoke("stop", "services", env=FIXTURE)
+    outcome = invoke("stop", "services", env=ENV)
     assert outcome.code == 0, outcome.stderr
     verb, _in, seconds, unit = outcome.stdout.split()
     assert (verb, unit) == ("stopped", "s") and float(seconds) < 10
-    assert invoke("stop", "services", env=FIXTURE).stdout.strip() == "not running"
+    assert invoke("stop", "services", env=ENV).stdout.strip() == "not running"
 
 
 def test_a_second_start_is_refused_while_the_container_exists(container):
-    outcome = invoke("start", "services", "--container", *PUBLISH, env=FIXTURE)
+    outcome = invoke("start", "services", "--container", *PUBLISH, env=ENV)
     assert outcome.code != 0 and "Traceback" not in outcome.stderr
-    assert outcome.error_line == ("error: a container named services already exists; "
+    assert outcome.error_line == (f"error: a container named {CONTAINER} already exists; "
                                   "stop it with `invoke stop services` first")
 
 
-def test_the_services_image_can_be_pushed_like_web(services_image, tmp_path):
-    outcome = invoke("push", "services", "--to", f"oci:{tmp_path / 'layout'}:v1", env=FIXTURE)
+def test_the_services_image_can_be_pushed_like_web(services_tag, tmp_path):
+    outcome = invoke("push", services_tag, "--to", f"oci:{tmp_path / 'layout'}:v1", env=ENV)
     assert outcome.code == 0, outcome.stderr
     index = json.loads((tmp_path / "layout" / "index.json").read_text())
     assert [m["digest"] for m in index["manifests"]] == [outcome.stdout.split()[1]]
@@ -145,8 +176,8 @@ def test_a_published_port_in_use_is_refused_before_anything_starts(engine, servi
         listener.listen()
         port = listener.getsockname()[1]
         outcome = invoke("start", "services", "--container", "--publish", f"{port}:8080",
-                         "--publish", f"{STATUS_PORT}:8081", env=FIXTURE)
+                         "--publish", f"{STATUS_PORT}:8081", env=ENV)
     assert outcome.code != 0 and "Traceback" not in outcome.stderr
     assert outcome.error_line == (f"error: port {port} on 127.0.0.1 is already taken; "
                                   "stop what uses it, or publish elsewhere: --publish OTHER:8080")
-    assert not engine.containers.list(all=True, filters={"name": "^services$"})
+    assert not engine.containers.list(all=True, filters={"name": f"^{CONTAINER}$"})
