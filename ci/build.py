@@ -125,9 +125,9 @@ def publish_cache(project: Project, settings: CacheSettings, namespace: str,
 
 
 def build_web(project: Project, builder: BuilderSettings, settings: CacheSettings, *,
-              name: str, complete: bool, substituter: Substituter | None = None) -> BuiltImage:
-    """build-web: the web image, by the load flow or the complete flow."""
-    return build_image(project, builder, settings, name=name, attr="web", complete=complete, substituter=substituter)
+              name: str, complete: bool, substituter: Substituter | None = None, attr: str = "web") -> BuiltImage:
+    """build-web: the web image (`attr` of the images file, web.attr), by the load flow or the complete flow."""
+    return build_image(project, builder, settings, name=name, attr=attr, complete=complete, substituter=substituter)
 
 
 @docker.needs_engine("building {name}")
