@@ -100,13 +100,32 @@ def _pull_bundle(remote: oras.Remote, target: Path) -> PulledCache:
     return PulledCache("bundle", target, artifact, info.cache)
 
 
+# The file names each kind of layer of a binary cache may have: what `nix copy --to file://DIR` writes.
+_CACHE_NAMES = {
+    CACHE_INFO_MEDIA_TYPE: re.compile(r"^nix-cache-info$"),
+    NARINFO_MEDIA_TYPE: re.compile(r"^[0-9a-df-np-sv-z]{32}\.narinfo$"),
+    NAR_MEDIA_TYPE: re.compile(r"^[0-9a-z]{52}\.nar(\.(xz|bz2|zst|zstd|gz|lz4|br))?$"),
+}
+
+
+def _check_cache_layers(artifact: oras.Artifact) -> None:
+    """Only the files a binary cache has, each named as Nix names it, and one nix-cache-info."""
+    hint = "push the cache again with `invoke cache-push --cache DIR`"
+    for layer in artifact.layers:
+        pattern = _CACHE_NAMES.get(layer.media_type)
+        if pattern is None:
+            raise IntegrityError(f"{artifact.pinned} has a layer of type {layer.media_type[:100]}, "
+                                 "which binary caches do not have", hint)
+        if not pattern.match(layer.title):
+            raise IntegrityError(f"{artifact.pinned} has a {layer.media_type.rsplit('.', 1)[-1]} layer titled "
+                                 f"{layer.title[:80]!r}, not a name Nix gives such a file", hint)
+    if [layer.media_type for layer in artifact.layers].count(CACHE_INFO_MEDIA_TYPE) != 1:
+        raise IntegrityError(f"{artifact.pinned} does not have exactly one nix-cache-info layer", hint)
+
+
 def _pull_cache(remote: oras.Remote, target: Path) -> PulledCache:
     artifact = remote.artifact
-    known = {CACHE_INFO_MEDIA_TYPE, NARINFO_MEDIA_TYPE, NAR_MEDIA_TYPE}
-    strange = [layer.media_type for layer in artifact.layers if layer.media_type not in known]
-    if strange:
-        raise IntegrityError(f"{artifact.pinned} has a layer of type {strange[0]}, which binary caches do not have",
-                             "push the cache again with `invoke cache-push --cache DIR`")
+    _check_cache_layers(artifact)
     writable_directory(target.parent)
     if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or (target / "nix-cache-info").exists())):
         raise ConfigError(f"{target} exists and is not a binary cache", "give a new directory, or an old cache to replace")

@@ -69,6 +69,12 @@ def corrupt(what: str, detail: str) -> IntegrityError:
     return IntegrityError(f"{what} is corrupt: {detail}", "push it again, or check the registry's storage")
 
 
+def malformed(what: str, detail: str) -> IntegrityError:
+    """What a registry sent is not shaped as the toolkit writes it: a crafted or foreign artifact."""
+    return IntegrityError(f"{what} is not a well-formed artifact: {detail}",
+                          "push it again with the toolkit, and check who can push to that repository")
+
+
 def from_text(text: str, *, registry: str, name: str, unknown_host_is_offline: bool = False) -> ToolkitError | None:
     """The error a tool's message about `name` at `registry` means; None when it names no known cause.
 
