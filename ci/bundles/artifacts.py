@@ -94,7 +94,11 @@ def _pull_bundle(remote: oras.Remote, target: Path) -> PulledCache:
         raise ConfigError(f"{target} is a directory", "give the file to write the bundle to")
     with tempfile.TemporaryDirectory(prefix=".cache-pull-", dir=target.parent) as work:
         pulled = remote.download(Path(work))
-        info = inspect_bundle(pulled.files[0])
+        try:  # every member checked (contents.bundle_members) before the bundle is anywhere but here
+            info = inspect_bundle(pulled.files[0])
+        except IntegrityError as exc:  # named as the user named it, not by its temporary file
+            raise IntegrityError(exc.message.replace(str(pulled.files[0]), artifact.pinned),
+                                 "push the bundle again with `invoke cache-push`, and check who can push there") from None
         os.chmod(pulled.files[0], 0o644)
         os.replace(pulled.files[0], target)
     return PulledCache("bundle", target, artifact, info.cache)
@@ -104,7 +108,7 @@ def _pull_bundle(remote: oras.Remote, target: Path) -> PulledCache:
 _CACHE_NAMES = {
     CACHE_INFO_MEDIA_TYPE: re.compile(r"^nix-cache-info$"),
     NARINFO_MEDIA_TYPE: re.compile(r"^[0-9a-df-np-sv-z]{32}\.narinfo$"),
-    NAR_MEDIA_TYPE: re.compile(r"^[0-9a-z]{52}\.nar(\.(xz|bz2|zst|zstd|gz|lz4|br))?$"),
+    NAR_MEDIA_TYPE: re.compile(r"^[0-9a-z]+\.nar(\.[0-9a-z]+)?$"),
 }
 
 
@@ -136,7 +140,11 @@ def _pull_cache(remote: oras.Remote, target: Path) -> PulledCache:
             (cache / folder).mkdir(parents=True)
         for layer, path in zip(pulled.artifact.layers, pulled.files, strict=True):
             os.replace(path, cache / ("nar" if layer.media_type == NAR_MEDIA_TYPE else ".") / path.name)
-        contents = cache_directory(cache)
+        try:
+            contents = cache_directory(cache)
+        except IntegrityError as exc:
+            raise IntegrityError(exc.message.replace(str(cache), artifact.pinned),
+                                 "push the cache again with `invoke cache-push --cache DIR`") from None
         old = Path(work) / "old"
         if target.exists():
             os.replace(target, old)
