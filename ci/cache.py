@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from .core import credentials
 from .core.errors import ConfigError, NetworkUnavailable, RegistryError
+from .core.refs import parse_image_ref
 from .project import Project
 from .tools import docker
 
@@ -68,7 +69,7 @@ def _pull(ref: str, local: str) -> docker.Image | None:
     """Pull the registry's cache; None, saying why, when it cannot be had."""
     log.info("no local cache image; pulling %s", ref)
     try:
-        image = docker.pull(ref, credentials.for_registry(ref.split("/", 1)[0]))
+        image = docker.pull(ref, credentials.for_registry(parse_image_ref(ref).registry or "docker.io"))
     except (RegistryError, NetworkUnavailable) as exc:
         log.warning("warning: cannot use the cache image: %s; building without it", exc.message)
         return None

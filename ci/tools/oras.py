@@ -24,8 +24,9 @@ has been checked, by digest and by the caller's own check.
 
 TLS is verified for every registry but loopback ones, which are spoken to in
 plain HTTP; --insecure turns verification off for the others. Credentials
-come from ci.core.credentials, or from the docker and containers auth files;
-they are never logged. What a registry's answer means is said by
+come from ci.core.credentials (the environment's pair only for the registry
+REGISTRY_HOST names), or else from that registry's entry in the auth files
+it lists; they are never logged. What a registry's answer means is said by
 ci.tools.registry.
 """
 
@@ -288,21 +289,13 @@ def _registry(ref: ImageRef, insecure: bool) -> Iterator[tuple[oras.provider.Reg
     if found:
         registry.auth.set_basic_auth(found.username, found.password)
     else:
-        registry.auth.load_configs(container, configs=_auth_files())
+        registry.auth.load_configs(container, configs=credentials.auth_files())
         if backend == "basic" and not getattr(registry.auth, "_basic_auth", None):
             raise registry_errors.refused(ref.registry)
     try:
         yield registry, container
     finally:
         registry.session.close()
-
-
-def _auth_files() -> list[str]:
-    """The containers auth file (skopeo login), besides ~/.docker/config.json that oras-py always reads."""
-    candidates = [os.environ.get("REGISTRY_AUTH_FILE", "")]
-    if os.environ.get("XDG_RUNTIME_DIR"):
-        candidates.append(os.path.join(os.environ["XDG_RUNTIME_DIR"], "containers", "auth.json"))
-    return [path for path in candidates if path and os.path.isfile(path)]
 
 
 def _probe(host: str, scheme: str, verify: bool) -> str:

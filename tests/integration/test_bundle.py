@@ -591,7 +591,7 @@ def test_runner_pulls_with_credentials_from_the_environment(engine, runner, made
     with registries.registry(tmp_path / "registry", password="s3cret") as address:
         reference = f"{address}/bundletest/private:1"
         credentials = {"REGISTRY_USERNAME": "alice", "REGISTRY_PASSWORD": "s3cret"}
-        assert invoke("cache-push", "--to", reference, env={**env, **credentials}).code == 0
+        assert invoke("cache-push", "--to", reference, env={**env, **credentials, "REGISTRY_HOST": address}).code == 0
         code, logs = run_once(engine, runner, network_mode="host", environment={"BUNDLE_REF": reference, **credentials},
                               command=["true"])
         assert code == 0, logs
