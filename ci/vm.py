@@ -83,8 +83,8 @@ def as_list(value: object, separator: str) -> list[str]:
 def read_keys(keys: Iterable[str], key_files: Iterable[str]) -> tuple[str, ...]:
     """The public keys given directly and those in `key_files`, checked; duplicates dropped."""
     found: list[str] = []
-    for key in keys:
-        found.append(check_key(key, "--ssh-key"))
+    for n, key in enumerate(keys, 1):
+        found.append(check_key(key, f"--ssh-key {n}"))
     for name in key_files:
         path = Path(name).expanduser()
         try:
@@ -95,17 +95,19 @@ def read_keys(keys: Iterable[str], key_files: Iterable[str]) -> tuple[str, ...]:
                               "give the path of a public key file, e.g. ~/.ssh/id_ed25519.pub") from None
         if "PRIVATE KEY" in text:
             raise ConfigError(f"{path} is a private key", f"give its public half instead: {path}.pub")
-        lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)
+                 if line.strip() and not line.lstrip().startswith("#")]
         if not lines:
             raise ConfigError(f"the SSH key file {path} holds no key", "give a file with at least one public key line")
-        found += [check_key(line, str(path)) for line in lines]
+        found += [check_key(line, f"line {n} of {path}") for n, line in lines]
     return tuple(dict.fromkeys(found))
 
 
-def check_key(line: str, source: str) -> str:
+def check_key(line: str, where: str) -> str:
+    """`line`, checked to be an SSH public key. It is never shown: a file given here by mistake may be a
+    secret (a private key, /etc/shadow), and error lines reach logs and CI annotations."""
     if not _PUBLIC_KEY.match(line.strip()):
-        shown = line.strip()[:40] + ("..." if len(line.strip()) > 40 else "")
-        raise ConfigError(f"'{shown}' from {source} is not an SSH public key",
+        raise ConfigError(f"{where} is not an SSH public key",
                           "give lines such as `ssh-ed25519 AAAA... me@laptop` (the content of a .pub file)")
     return line.strip()
 
