@@ -5,7 +5,8 @@ build-cache pushes it as NAMESPACE/nix-cache, tagged by date and by the
 package set's hash (pkgs-<hash>); build-web pulls the tag of its own package
 set when the local image is missing. A cache that cannot be had is not fatal:
 the build goes on without it. A cache that is not one (foreign) or is corrupt
-is refused.
+is refused. A pulled cache passes `check_signature` before it is used: the
+hook where its signature will be checked (issue 13).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 from dataclasses import dataclass
 
 from .core import credentials
-from .core.errors import ConfigError, NetworkUnavailable, RegistryError
+from .core.errors import ConfigError, NetworkUnavailable, RegistryError, ToolkitError
 from .core.refs import parse_image_ref
 from .project import Project
 from .tools import docker
@@ -80,11 +81,24 @@ def _pull(ref: str, local: str) -> docker.Image | None:
         return None
     try:
         _check_role(image, ref)
-    except ConfigError:
+        check_signature(ref, image)
+    except ToolkitError:
         docker.remove_image(ref)
         raise
     docker.tag(image.id, local)
     return image
+
+
+def check_signature(ref: str, image: docker.Image) -> None:
+    """The one place where a cache pulled from a registry is checked to be signed, before any build uses it.
+
+    Today it checks nothing: the label (`_check_role`) says what the image claims to be, and anyone who
+    can push to the namespace can make that claim. The signatures work (issue 13) fills this in: with a
+    public key configured, a cache whose signature by that key cannot be verified raises an IntegrityError
+    here, and the pulled image is removed. It must stay the only call, so that no path of --cache-from
+    (or builder.registry) trusts a cache without it.
+    """
+    del ref, image  # not used until signatures are checked
 
 
 def _check_role(image: docker.Image, where: str) -> None:
