@@ -164,3 +164,49 @@ class HostileRegistry:
     def authorizations(self) -> list[str]:
         """Every Authorization header received, decoded where Basic."""
         return [r.credentials or r.authorization for r in self.seen if r.authorization]
+
+
+# --- small valid contents, to craft from ------------------------------------------------------
+
+STORE_HASH = "a" * 32
+STORE_PATH = f"/nix/store/{STORE_HASH}-run"
+NAR_NAME = "0" * 52 + ".nar"
+
+
+def cache_files() -> dict[str, bytes]:
+    """A whole (unsigned) binary cache of one store path, as `nix copy --to file://` names its files."""
+    return {
+        "nix-cache-info": b"StoreDir: /nix/store\nPriority: 10\n",
+        f"{STORE_HASH}.narinfo": (f"StorePath: {STORE_PATH}\nURL: nar/{NAR_NAME}\nCompression: none\n"
+                                  f"FileSize: 3\nReferences: \n").encode(),
+        f"nar/{NAR_NAME}": b"nar",
+    }
+
+
+def bundle_tar(extra: Iterable[dict] = (), *, result: str = STORE_PATH) -> bytes:
+    """A bundle as `invoke bundle` writes it (cache/ and the result link), with `extra` members
+    (tarfile.TarInfo attributes, and `data` for a file's content) added before the result link."""
+    import io
+    import tarfile
+
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.GNU_FORMAT) as archive:
+        def add(name: str, data: bytes | None = None, **attributes) -> None:
+            info = tarfile.TarInfo(name)
+            info.mode = 0o644
+            for key, value in attributes.items():
+                setattr(info, key, value)
+            if data is None and "type" not in attributes:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+            if data is not None:
+                info.size = len(data)
+            archive.addfile(info, io.BytesIO(data) if data is not None else None)
+
+        add("cache")
+        add("cache/nar")
+        for name, data in cache_files().items():
+            add(f"cache/{name}", data)
+        for member in extra:
+            add(**member)
+        add("result", type=tarfile.SYMTYPE, linkname=result)
+    return buffer.getvalue()

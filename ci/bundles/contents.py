@@ -164,6 +164,14 @@ def bundle_members(members: list[tarfile.TarInfo], path: Path) -> dict[str, tarf
         if name in found:
             raise IntegrityError(f"{path} is not a bundle: it holds '{shown}' twice", BUNDLE_HINT)
         found[name] = member
+    for name in found:  # a file cannot also be a directory that holds others
+        parents = name.split("/")[:-1]
+        for depth in range(1, len(parents) + 1):
+            parent = found.get("/".join(parents[:depth]))
+            if parent is not None and not parent.isdir():
+                shown = parent.name[:100].encode("unicode_escape").decode()
+                raise IntegrityError(f"{path} is not a bundle: '{shown}' is a file that other members are under",
+                                     BUNDLE_HINT)
     return found
 
 
