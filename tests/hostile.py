@@ -210,3 +210,21 @@ def bundle_tar(extra: Iterable[dict] = (), *, result: str = STORE_PATH) -> bytes
             add(**member)
         add("result", type=tarfile.SYMTYPE, linkname=result)
     return buffer.getvalue()
+
+
+def bundle_artifact(registry: HostileRegistry, data: bytes | None = None) -> dict:
+    """The manifest `invoke cache-push` writes for a bundle (`data`, default bundle_tar()), its blobs stored."""
+    from ci import bundles
+
+    return registry.artifact(bundles.BUNDLE_TYPE, [(bundles.BUNDLE_MEDIA_TYPE, "closure.tar", data or bundle_tar())])
+
+
+def cache_artifact(registry: HostileRegistry) -> dict:
+    """The manifest `invoke cache-push --cache` writes for cache_files(), its blobs stored."""
+    from ci import bundles
+
+    kinds = {"nix-cache-info": bundles.CACHE_INFO_MEDIA_TYPE, ".narinfo": bundles.NARINFO_MEDIA_TYPE,
+             "nar/": bundles.NAR_MEDIA_TYPE}
+    files = [(next(t for k, t in kinds.items() if k in name), name.removeprefix("nar/"), data)
+             for name, data in cache_files().items()]
+    return registry.artifact(bundles.CACHE_TYPE, files)

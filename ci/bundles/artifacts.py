@@ -89,6 +89,7 @@ def _pull_bundle(remote: oras.Remote, target: Path) -> PulledCache:
     if len(artifact.layers) != 1 or not layers:
         raise IntegrityError(f"{artifact.pinned} is not a well-formed bundle artifact (one {BUNDLE_MEDIA_TYPE} layer)",
                              "push the bundle again with `invoke cache-push`")
+    oras.file_names(artifact)  # a plain name
     writable_directory(target.parent)
     if target.is_dir():
         raise ConfigError(f"{target} is a directory", "give the file to write the bundle to")
@@ -115,6 +116,7 @@ _CACHE_NAMES = {
 def _check_cache_layers(artifact: oras.Artifact) -> None:
     """Only the files a binary cache has, each named as Nix names it, and one nix-cache-info."""
     hint = "push the cache again with `invoke cache-push --cache DIR`"
+    oras.file_names(artifact)  # plain names, each used once
     for layer in artifact.layers:
         pattern = _CACHE_NAMES.get(layer.media_type)
         if pattern is None:

@@ -291,7 +291,7 @@ def _registry(ref: ImageRef, insecure: bool) -> Iterator[tuple[oras.provider.Reg
     else:
         registry.auth.load_configs(container, configs=credentials.auth_files())
         if backend == "basic" and not getattr(registry.auth, "_basic_auth", None):
-            raise registry_errors.refused(ref.registry)
+            raise registry_errors.unauthenticated(ref.registry)
     try:
         yield registry, container
     finally:

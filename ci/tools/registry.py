@@ -28,6 +28,12 @@ def refused(registry: str) -> RegistryError:
     return RegistryError(f"the registry {registry} refused the credentials", login_hint(registry))
 
 
+def unauthenticated(registry: str) -> RegistryError:
+    """The registry wants credentials, and none are configured for it (none in the auth files, and
+    REGISTRY_HOST names another registry or none)."""
+    return RegistryError(f"the registry {registry} wants credentials, and none are configured for it", login_hint(registry))
+
+
 def missing(name: str) -> RegistryError:
     return RegistryError(f"{name} does not exist", "check the name and tag, or push it first")
 

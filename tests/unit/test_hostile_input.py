@@ -24,7 +24,7 @@ from ci.bundles import contents
 from ci.core import credentials
 from ci.core.errors import ConfigError, IntegrityError, RegistryError, ToolkitError
 from ci.tools import oras, qemu, skopeo
-from tests.hostile import MANIFEST, HostileRegistry, bundle_tar, cache_files, endless
+from tests.hostile import MANIFEST, HostileRegistry, bundle_artifact, bundle_tar, cache_artifact, cache_files, endless
 
 SHA = "sha256:" + "0" * 64
 
@@ -273,18 +273,6 @@ def out(tmp_path):
     (tmp_path / "out" / "closure.tar").write_bytes(b"the bundle that was there")
     (tmp_path / "out" / "cache" / "nix-cache-info").write_bytes(b"StoreDir: /nix/store\n")
     return tree(tmp_path)
-
-
-def bundle_artifact(registry: HostileRegistry, data: bytes | None = None) -> dict:
-    return registry.artifact(bundles.BUNDLE_TYPE, [(bundles.BUNDLE_MEDIA_TYPE, "closure.tar", data or bundle_tar())])
-
-
-def cache_artifact(registry: HostileRegistry) -> dict:
-    kinds = {"nix-cache-info": bundles.CACHE_INFO_MEDIA_TYPE, ".narinfo": bundles.NARINFO_MEDIA_TYPE,
-             "nar/": bundles.NAR_MEDIA_TYPE}
-    files = [(next(t for k, t in kinds.items() if k in name), name.removeprefix("nar/"), data)
-             for name, data in cache_files().items()]
-    return registry.artifact(bundles.CACHE_TYPE, files)
 
 
 def test_a_well_formed_bundle_and_cache_are_pulled(hostile, tmp_path, out):
