@@ -65,6 +65,9 @@ class HostileRegistry:
     blobs: dict[str, Body] = field(default_factory=dict)  # digest
     seen: list[Request] = field(default_factory=list)
     address: str = ""
+    root: Body = b"{}"  # the body of GET /v2/
+    error_status: int = 404  # the answer for anything it does not hold
+    error_body: bytes = b'{"errors": [{"code": "NAME_UNKNOWN", "message": "unknown"}]}'
 
     def start(self) -> HostileRegistry:
         registry = self
@@ -91,12 +94,14 @@ class HostileRegistry:
                     self.end_headers()
                     return
                 body, content_type = registry.lookup(self.path)
+                if body is None and self.path.rstrip("/") == "/v2":
+                    body, content_type = registry.root, "application/json"
                 if body is None:
-                    self.send_response(200 if self.path.rstrip("/") == "/v2" else 404)
+                    self.send_response(registry.error_status)
                     self.send_header("Content-Type", "application/json")
                     self.end_headers()
                     if not head:
-                        self.wfile.write(b"{}")
+                        self.wfile.write(registry.error_body)
                     return
                 self.send_response(200)
                 self.send_header("Content-Type", content_type)

@@ -300,8 +300,9 @@ def _registry(ref: ImageRef, insecure: bool) -> Iterator[tuple[oras.provider.Reg
 
 def _probe(host: str, scheme: str, verify: bool) -> str:
     """GET /v2/ once, quickly: the registry's auth challenge, or RegistryError if it does not answer."""
-    try:
-        response = requests.get(f"{scheme}://{host}/v2/", timeout=PROBE_TIMEOUT, verify=verify)
+    try:  # streamed and closed unread: only the status and headers matter, whatever body follows
+        with requests.get(f"{scheme}://{host}/v2/", timeout=PROBE_TIMEOUT, verify=verify, stream=True) as response:
+            pass
     except requests.exceptions.SSLError:
         raise registry_errors.untrusted(host) from None
     except requests.RequestException:
@@ -328,10 +329,13 @@ def _expect(response: requests.Response, ref: ImageRef, what: str, statuses: tup
 
 
 def _registry_message(response: requests.Response) -> str:
+    """The registry's own words for an error, from at most the first 64 kB of its answer."""
     try:
-        errors = response.json().get("errors") or []
-        return "; ".join(str(e.get("message", e)) for e in errors)[:200]
-    except ValueError:
+        body = next(response.iter_content(chunk_size=1 << 16), b"")
+        errors = json.loads(body).get("errors") or []
+        said = "; ".join(str(e.get("message", e)) if isinstance(e, dict) else str(e) for e in errors)[:200]
+        return re.sub(r"[\x00-\x1f\x7f]+", " ", said)  # one line, whatever the registry wrote
+    except (ValueError, AttributeError, TypeError, RecursionError, requests.RequestException):
         return response.reason or ""
 
 

@@ -321,6 +321,9 @@ def crafted(registry: HostileRegistry, case: str) -> str:
     elif case == "cache layer titled .bashrc":
         body = cache_artifact(registry)
         body["layers"][0]["annotations"][oras.TITLE] = ".bashrc"
+    elif case == "narinfo layer titled authorized_keys":
+        body = cache_artifact(registry)
+        body["layers"][1]["annotations"][oras.TITLE] = "authorized_keys"
     elif case == "cache layer of another type":
         body = cache_artifact(registry)
         body["layers"][2]["mediaType"] = "application/x-sh"
@@ -336,7 +339,8 @@ CRAFTED = {
     "sha512 digest": "only sha256 digests are checked",
     "title with a path": "unusable file name",
     "wrong artifact type": "neither a bundle nor a binary cache",
-    "cache layer titled .bashrc": "not a name Nix gives such a file",
+    "cache layer titled .bashrc": "unusable file name '.bashrc'",
+    "narinfo layer titled authorized_keys": "not a name Nix gives such a file",
     "cache layer of another type": "which binary caches do not have",
     "manifest that never ends": "larger than",
     "blob larger than declared": "sent more than its 100 bytes",
@@ -470,3 +474,15 @@ def test_fuzz_mutated_bundles_never_crash_and_never_write_outside(hostile, tmp_p
             assert "\n" not in exc.line(), round_
         assert set(tree(tmp_path)) <= set(out) | {k for k in tree(tmp_path) if k.startswith("unpacked")}, round_
         (tmp_path / "out" / "closure.tar").write_bytes(b"the bundle that was there")
+
+
+def test_a_registry_error_message_is_bounded_to_one_line(hostile, tmp_path, out):
+    """A /v2/ whose body never ends, then an error whose message has lines of its own."""
+    hostile.root = endless()
+    hostile.error_status = 500
+    hostile.error_body = json.dumps({"errors": [{"code": "X", "message": "first\nerror: forged second line"}]}).encode()
+    with pytest.raises(ToolkitError) as refused:
+        pull_into(tmp_path, f"{hostile.address}/none:1")
+    assert "HTTP 500 first error: forged second line" in refused.value.message
+    assert "\n" not in refused.value.line()
+    assert tree(tmp_path) == out
