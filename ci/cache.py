@@ -5,7 +5,9 @@ build-cache pushes it as NAMESPACE/nix-cache, tagged by date and by the
 package set's hash (pkgs-<hash>); build-web pulls the tag of its own package
 set when the local image is missing. A cache that cannot be had is not fatal:
 the build goes on without it. A cache that is not one (foreign) or is corrupt
-is refused.
+is refused. With a public key configured (signing.public_key), only a cache
+whose signature that key verifies is pulled, by the digest verified (ci.verify):
+anyone who can push to the namespace could otherwise supply one.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from pathlib import Path
 
 from . import github
 from .core import credentials
-from .core.errors import ConfigError, NetworkUnavailable, RegistryError
+from .core.errors import ConfigError, NetworkUnavailable, RegistryError, ToolkitError
+from .core.refs import parse_image_ref
 from .project import Project
 from .tools import docker
 
@@ -76,7 +79,7 @@ def _pull(ref: str, local: str, public_key: Path | None = None) -> docker.Image 
             from . import verify
 
             ref = verify.require(ref, public_key)
-        image = docker.pull(ref, credentials.for_registry(ref.split("/", 1)[0]))
+        image = docker.pull(ref, credentials.for_registry(parse_image_ref(ref).registry or "docker.io"))
     except (RegistryError, NetworkUnavailable) as exc:
         _warn(f"cannot use the cache image: {exc.message}; building without it", "unusable cache image")
         return None
@@ -87,7 +90,7 @@ def _pull(ref: str, local: str, public_key: Path | None = None) -> docker.Image 
         return None
     try:
         _check_role(image, ref)
-    except ConfigError:
+    except ToolkitError:
         docker.remove_image(ref)
         raise
     docker.tag(image.id, local)

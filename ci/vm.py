@@ -22,7 +22,7 @@ from pathlib import Path
 from . import cidata
 from .builder import BUILDER_HINT, OFFLINE_HINT, inputs_tar
 from .containers import check_port_free
-from .core.errors import BuildFailed, CommandFailed, ConfigError, ImageNotFound, ToolkitError
+from .core.errors import BuildFailed, CommandFailed, ConfigError, ImageNotFound, IntegrityError, ToolkitError
 from .core.files import writable_directory
 from .tools import docker, nix, oras, qemu
 from .tools.docker import archive
@@ -37,6 +37,10 @@ SEED_MEDIA_TYPES = {
     "iso9660": "application/vnd.nix-ci.vm-image.cidata.v1.iso9660",
 }
 VIRTUAL_SIZE_ANNOTATION = "io.github.nix-ci.vm.virtual-size"
+# The only file names pull-vm writes, by kind.
+DISK_SUFFIXES = (".qcow2",)
+SEED_SUFFIXES = (".img", ".iso")
+IMAGE_HINT = "pass a qcow2 that `invoke build-vm` wrote (or one made without -b or data_file)"
 
 NO_KEY_HINT = ("pass --ssh-key-file ~/.ssh/id_ed25519.pub (or --ssh-key 'ssh-ed25519 AAAA...'), or list key files "
                "under vm.ssh_key_files in ~/.invoke.yaml or in INVOKE_VM_SSH_KEY_FILES (':'-separated)")
@@ -79,8 +83,8 @@ def as_list(value: object, separator: str) -> list[str]:
 def read_keys(keys: Iterable[str], key_files: Iterable[str]) -> tuple[str, ...]:
     """The public keys given directly and those in `key_files`, checked; duplicates dropped."""
     found: list[str] = []
-    for key in keys:
-        found.append(check_key(key, "--ssh-key"))
+    for n, key in enumerate(keys, 1):
+        found.append(check_key(key, f"--ssh-key {n}"))
     for name in key_files:
         path = Path(name).expanduser()
         try:
@@ -91,17 +95,19 @@ def read_keys(keys: Iterable[str], key_files: Iterable[str]) -> tuple[str, ...]:
                               "give the path of a public key file, e.g. ~/.ssh/id_ed25519.pub") from None
         if "PRIVATE KEY" in text:
             raise ConfigError(f"{path} is a private key", f"give its public half instead: {path}.pub")
-        lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+        lines = [(n, line.strip()) for n, line in enumerate(text.splitlines(), 1)
+                 if line.strip() and not line.lstrip().startswith("#")]
         if not lines:
             raise ConfigError(f"the SSH key file {path} holds no key", "give a file with at least one public key line")
-        found += [check_key(line, str(path)) for line in lines]
+        found += [check_key(line, f"line {n} of {path}") for n, line in lines]
     return tuple(dict.fromkeys(found))
 
 
-def check_key(line: str, source: str) -> str:
+def check_key(line: str, where: str) -> str:
+    """`line`, checked to be an SSH public key. It is never shown: a file given here by mistake may be a
+    secret (a private key, /etc/shadow), and error lines reach logs and CI annotations."""
     if not _PUBLIC_KEY.match(line.strip()):
-        shown = line.strip()[:40] + ("..." if len(line.strip()) > 40 else "")
-        raise ConfigError(f"'{shown}' from {source} is not an SSH public key",
+        raise ConfigError(f"{where} is not an SSH public key",
                           "give lines such as `ssh-ed25519 AAAA... me@laptop` (the content of a .pub file)")
     return line.strip()
 
@@ -210,9 +216,7 @@ def prepare_vm(image: Path, seed: Path | None, *, host: str, port: int, memory: 
     """Check the image, the seed disk and the port, and choose the acceleration: what run-vm will start."""
     if not image.is_file():
         raise ImageNotFound(f"the VM image {image} does not exist", "build it with `invoke build-vm`, or pass --image PATH")
-    info = qemu.disk_info(image)
-    if info.format != "qcow2":
-        raise ConfigError(f"{image} is a {info.format} disk, not a qcow2", "pass the qcow2 that `invoke build-vm` wrote")
+    qemu.standalone_qcow2(image, IMAGE_HINT)
     if seed is not None:
         if not seed.is_file():
             raise ConfigError(f"the seed disk {seed} does not exist", "make it with `invoke cidata`, or pass --without-seed")
@@ -243,25 +247,76 @@ def push_vm(reference: str, image: Path, seed: Path | None, *, insecure: bool = 
     """Push the qcow2 (and its seed disk) as one OCI artifact of type ARTIFACT_TYPE."""
     if not image.is_file():
         raise ImageNotFound(f"the VM image {image} does not exist", "build it with `invoke build-vm`, or pass --image PATH")
-    info = qemu.disk_info(image)
-    if info.format != "qcow2":
-        raise ConfigError(f"{image} is a {info.format} disk, not a qcow2", "pass the qcow2 that `invoke build-vm` wrote")
+    _check_file_name(image, DISK_SUFFIXES, "VM image")
+    info = qemu.standalone_qcow2(image, IMAGE_HINT)
     blobs = [oras.Blob(image, DISK_MEDIA_TYPE, annotations={VIRTUAL_SIZE_ANNOTATION: str(info.virtual_size)})]
     if seed is not None:
         if not seed.is_file():
             raise ConfigError(f"the seed disk {seed} does not exist", "make it with `invoke cidata`, or pass --without-seed")
+        _check_file_name(seed, SEED_SUFFIXES, "seed disk")
         blobs.append(oras.Blob(seed, SEED_MEDIA_TYPES[cidata.detect_format(seed)]))
     return oras.push(reference, blobs, artifact_type=ARTIFACT_TYPE, insecure=insecure)
 
 
+def _check_file_name(path: Path, suffixes: tuple[str, ...], what: str) -> None:
+    """Only names pull-vm will write: what push-vm sends can be pulled back."""
+    if path.name.startswith(".") or path.suffix not in suffixes:
+        raise ConfigError(f"the {what} {path} is not named *{' or *'.join(suffixes)}",
+                          "give it such a name: pull-vm writes only files named so")
+
+
 def pull_vm(reference: str, directory: Path, *, insecure: bool = False) -> oras.PulledFiles:
-    """Pull a VM image artifact; every file is checked against its digest, and the disk must be a qcow2."""
+    """Pull a VM image artifact into `directory`.
+
+    Only what the artifact type declares is written: one qcow2 disk (*.qcow2) and at most one seed disk
+    (*.img or *.iso), under plain names. Every file is checked against its digest, the disk to be a
+    qcow2 that stands alone (no backing or external data file) and whose metadata is consistent, the
+    seed to be a vfat or ISO 9660 disk, all before any of them replaces a file in `directory`.
+    """
     with oras.opened(reference, insecure=insecure) as remote:
-        if remote.artifact.artifact_type != ARTIFACT_TYPE:
-            raise ConfigError(f"{reference} is not a VM image (its artifact type is '{remote.artifact.artifact_type}')",
+        artifact = remote.artifact
+        if artifact.artifact_type != ARTIFACT_TYPE:
+            raise ConfigError(f"{reference} is not a VM image (its artifact type is '{artifact.artifact_type[:100]}')",
                               "pull it with a tool that knows that type")
-        pulled = remote.download(directory)
-    for layer, path in zip(pulled.artifact.layers, pulled.files, strict=True):
-        if layer.media_type == DISK_MEDIA_TYPE and qemu.disk_info(path).format != "qcow2":
-            raise ToolkitError(f"{path} is not a qcow2 disk although the artifact says so", "push the image again")
-    return pulled
+        _check_vm_layers(artifact)
+        return remote.download(directory, check=lambda files: _check_pulled(artifact.pinned, files))
+
+
+def _check_vm_layers(artifact: oras.Artifact) -> None:
+    hint = "push the image again with `invoke push-vm`"
+    seeds = set(SEED_MEDIA_TYPES.values())
+    kinds = []
+    for layer, name in zip(artifact.layers, oras.file_names(artifact), strict=True):
+        if layer.media_type == DISK_MEDIA_TYPE:
+            suffixes, kind = DISK_SUFFIXES, "disk"
+        elif layer.media_type in seeds:
+            suffixes, kind = SEED_SUFFIXES, "seed"
+        else:
+            raise IntegrityError(f"{artifact.pinned} has a layer of type {layer.media_type[:100]}, "
+                                 "which VM images do not have", hint)
+        if Path(name).suffix not in suffixes:
+            raise IntegrityError(f"{artifact.pinned} has a {kind} layer titled {name[:80]!r}, not *{' or *'.join(suffixes)}",
+                                 hint)
+        kinds.append(kind)
+    if kinds.count("disk") != 1 or kinds.count("seed") > 1:
+        raise IntegrityError(f"{artifact.pinned} is not a VM image: it has {kinds.count('disk')} disks and "
+                             f"{kinds.count('seed')} seed disks, not one disk and at most one seed", hint)
+
+
+def _check_pulled(pinned: str, files: Iterable[tuple[oras.Descriptor, Path]]) -> None:
+    """The pulled files, before they replace anything: the disk stands alone and is consistent, the seed is a seed."""
+    for layer, path in files:
+        where = f"{layer.title} of {pinned}"
+        if layer.media_type == DISK_MEDIA_TYPE:
+            try:
+                qemu.standalone_qcow2(path, "")
+                qemu.check_disk(path)
+            except ToolkitError as exc:
+                raise IntegrityError(f"{where} {exc.message.removeprefix(str(path)).strip()}",
+                                     "push an image built by `invoke build-vm`; nothing was written") from None
+        else:
+            try:
+                cidata.detect_format(path)
+            except ConfigError:
+                raise IntegrityError(f"{where} is neither a vfat nor an ISO 9660 disk",
+                                     "push the seed made by `invoke cidata`; nothing was written") from None

@@ -89,24 +89,49 @@ def _pull_bundle(remote: oras.Remote, target: Path) -> PulledCache:
     if len(artifact.layers) != 1 or not layers:
         raise IntegrityError(f"{artifact.pinned} is not a well-formed bundle artifact (one {BUNDLE_MEDIA_TYPE} layer)",
                              "push the bundle again with `invoke cache-push`")
+    oras.file_names(artifact)  # a plain name
     writable_directory(target.parent)
     if target.is_dir():
         raise ConfigError(f"{target} is a directory", "give the file to write the bundle to")
     with tempfile.TemporaryDirectory(prefix=".cache-pull-", dir=target.parent) as work:
         pulled = remote.download(Path(work))
-        info = inspect_bundle(pulled.files[0])
+        try:  # every member checked (contents.bundle_members) before the bundle is anywhere but here
+            info = inspect_bundle(pulled.files[0])
+        except IntegrityError as exc:  # named as the user named it, not by its temporary file
+            raise IntegrityError(exc.message.replace(str(pulled.files[0]), artifact.pinned),
+                                 "push the bundle again with `invoke cache-push`, and check who can push there") from None
         os.chmod(pulled.files[0], 0o644)
         os.replace(pulled.files[0], target)
     return PulledCache("bundle", target, artifact, info.cache)
 
 
+# The file names each kind of layer of a binary cache may have: what `nix copy --to file://DIR` writes.
+_CACHE_NAMES = {
+    CACHE_INFO_MEDIA_TYPE: re.compile(r"^nix-cache-info$"),
+    NARINFO_MEDIA_TYPE: re.compile(r"^[0-9a-df-np-sv-z]{32}\.narinfo$"),
+    NAR_MEDIA_TYPE: re.compile(r"^[0-9a-z]+\.nar(\.[0-9a-z]+)?$"),
+}
+
+
+def _check_cache_layers(artifact: oras.Artifact) -> None:
+    """Only the files a binary cache has, each named as Nix names it, and one nix-cache-info."""
+    hint = "push the cache again with `invoke cache-push --cache DIR`"
+    oras.file_names(artifact)  # plain names, each used once
+    for layer in artifact.layers:
+        pattern = _CACHE_NAMES.get(layer.media_type)
+        if pattern is None:
+            raise IntegrityError(f"{artifact.pinned} has a layer of type {layer.media_type[:100]}, "
+                                 "which binary caches do not have", hint)
+        if not pattern.match(layer.title):
+            raise IntegrityError(f"{artifact.pinned} has a {layer.media_type.rsplit('.', 1)[-1]} layer titled "
+                                 f"{layer.title[:80]!r}, not a name Nix gives such a file", hint)
+    if [layer.media_type for layer in artifact.layers].count(CACHE_INFO_MEDIA_TYPE) != 1:
+        raise IntegrityError(f"{artifact.pinned} does not have exactly one nix-cache-info layer", hint)
+
+
 def _pull_cache(remote: oras.Remote, target: Path) -> PulledCache:
     artifact = remote.artifact
-    known = {CACHE_INFO_MEDIA_TYPE, NARINFO_MEDIA_TYPE, NAR_MEDIA_TYPE}
-    strange = [layer.media_type for layer in artifact.layers if layer.media_type not in known]
-    if strange:
-        raise IntegrityError(f"{artifact.pinned} has a layer of type {strange[0]}, which binary caches do not have",
-                             "push the cache again with `invoke cache-push --cache DIR`")
+    _check_cache_layers(artifact)
     writable_directory(target.parent)
     if target.exists() and not (target.is_dir() and (not any(target.iterdir()) or (target / "nix-cache-info").exists())):
         raise ConfigError(f"{target} exists and is not a binary cache", "give a new directory, or an old cache to replace")
@@ -117,7 +142,11 @@ def _pull_cache(remote: oras.Remote, target: Path) -> PulledCache:
             (cache / folder).mkdir(parents=True)
         for layer, path in zip(pulled.artifact.layers, pulled.files, strict=True):
             os.replace(path, cache / ("nar" if layer.media_type == NAR_MEDIA_TYPE else ".") / path.name)
-        contents = cache_directory(cache)
+        try:
+            contents = cache_directory(cache)
+        except IntegrityError as exc:
+            raise IntegrityError(exc.message.replace(str(cache), artifact.pinned),
+                                 "push the cache again with `invoke cache-push --cache DIR`") from None
         old = Path(work) / "old"
         if target.exists():
             os.replace(target, old)

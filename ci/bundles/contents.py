@@ -137,6 +137,44 @@ class BundleInfo:
         return self.cache.closure(self.store_path)
 
 
+def bundle_members(members: list[tarfile.TarInfo], path: Path) -> dict[str, tarfile.TarInfo]:
+    """The members of a bundle by name, each checked to be what `invoke bundle` writes: the directory cache/,
+    regular files and directories under it, and the symlink result; IntegrityError for anything else.
+
+    So nothing in a bundle can reach outside the directory it is unpacked into (no `..`, no absolute name,
+    no link but result, whose target is checked to be a store path) or be more than it says (no hard links,
+    devices, FIFOs or sparse files), and no name hides another."""
+    found: dict[str, tarfile.TarInfo] = {}
+    for member in members:
+        name = member.name.removeprefix("./").rstrip("/") if member.isdir() else member.name.removeprefix("./")
+        parts = name.split("/")
+        shown = name[:100].encode("unicode_escape").decode()
+        if not name or name.startswith("/") or any(part in ("", ".", "..") for part in parts) or "\0" in name:
+            raise IntegrityError(f"{path} is not a bundle: it holds the member '{shown}', a path that leaves the bundle",
+                                 BUNDLE_HINT)
+        if name == "result":
+            if not member.issym():
+                raise IntegrityError(f"{path} is not a bundle: its result is not a symbolic link", BUNDLE_HINT)
+        elif parts[0] != "cache":
+            raise IntegrityError(f"{path} is not a bundle: it holds '{shown}', outside cache/", BUNDLE_HINT)
+        elif not (member.isreg() or member.isdir()) or member.issparse():
+            kind = ("a hard link" if member.islnk() else "a symbolic link" if member.issym()
+                    else "a sparse file" if member.issparse() else "a device or FIFO")
+            raise IntegrityError(f"{path} is not a bundle: '{shown}' is {kind}, which bundles do not hold", BUNDLE_HINT)
+        if name in found:
+            raise IntegrityError(f"{path} is not a bundle: it holds '{shown}' twice", BUNDLE_HINT)
+        found[name] = member
+    for name in found:  # a file cannot also be a directory that holds others
+        parents = name.split("/")[:-1]
+        for depth in range(1, len(parents) + 1):
+            parent = found.get("/".join(parents[:depth]))
+            if parent is not None and not parent.isdir():
+                shown = parent.name[:100].encode("unicode_escape").decode()
+                raise IntegrityError(f"{path} is not a bundle: '{shown}' is a file that other members are under",
+                                     BUNDLE_HINT)
+    return found
+
+
 def inspect_bundle(path: Path) -> BundleInfo:
     """Read a bundle tarball and check it is whole: cache/, result, every NAR and reference; no Nix needed."""
     if path.is_dir():
@@ -145,7 +183,7 @@ def inspect_bundle(path: Path) -> BundleInfo:
         raise ConfigError(f"no bundle at {path}", "make one with `invoke bundle`, or pull one with `invoke cache-pull`")
     try:
         with tarfile.open(path, mode="r:") as archive:
-            members = {m.name.removeprefix("./"): m for m in archive.getmembers()}
+            members = bundle_members(archive.getmembers(), path)
             size = path.stat().st_size
             for member in members.values():
                 if member.isfile() and member.offset_data + member.size > size:

@@ -108,18 +108,20 @@ def public_keys(key_files: Iterable[str | Path], keys: Iterable[str] = ()) -> tu
         except (OSError, UnicodeDecodeError) as exc:
             raise ConfigError(f"cannot read the public key {path}: {getattr(exc, 'strerror', None) or 'not a text file'}",
                               "give the file nix-store --generate-binary-cache-key wrote the public key to") from None
-        found += [_public_key(line, str(path)) for line in lines]
-    found += [_public_key(key, "bundle.trusted_keys") for text in keys for key in text.split()]
+        found += [_public_key(word, f"word {n} of {path}") for n, word in enumerate(lines, 1)]
+    words = [key for text in keys for key in text.split()]
+    found += [_public_key(word, f"word {n} of bundle.trusted_keys") for n, word in enumerate(words, 1)]
     return tuple(dict.fromkeys(found))
 
 
-def _public_key(text: str, source: str) -> str:
+def _public_key(text: str, where: str) -> str:
+    """`text`, checked to be a Nix public key. It is never shown: a file given here by mistake may hold a
+    secret (a secret key, a password file), and error lines reach logs and CI annotations."""
     if _key_length(text) == 64:
-        raise ConfigError(f"{source} holds a secret key where a public key belongs",
+        raise ConfigError(f"{where} is a secret key where a public key belongs",
                           "give the public half of the pair; keep the secret key out of configuration that is shared")
     if _key_length(text) != 32:
-        shown = text[:40] + ("..." if len(text) > 40 else "")
-        raise ConfigError(f"'{shown}' from {source} is not a Nix public key",
+        raise ConfigError(f"{where} is not a Nix public key",
                           "give NAME:BASE64, as nix-store --generate-binary-cache-key writes it")
     return text
 

@@ -63,9 +63,15 @@ def substituter(reference: str | None, keys: tuple[str, ...], *, insecure: bool 
             return
         directory = Path(work) / "cache"
         if pulled.kind == "bundle":
-            with tarfile.open(pulled.path, mode="r:") as archive:
-                archive.extractall(work, members=[m for m in archive.getmembers() if m.name.startswith("cache")],
-                                   filter="data")
+            # Its members were checked when it was pulled (contents.bundle_members): cache/ holds only
+            # files and directories, none of them outside it.
+            try:
+                with tarfile.open(pulled.path, mode="r:") as archive:
+                    cache = [m for m in archive.getmembers() if m.name.removeprefix("./").split("/")[0] == "cache"]
+                    archive.extractall(work, members=cache, filter="data")
+            except (tarfile.TarError, OSError) as exc:
+                raise IntegrityError(f"the bundle {reference} cannot be unpacked ({type(exc).__name__})",
+                                     "push the bundle again with `invoke cache-push`") from None
             pulled.path.unlink()
         signers = ", ".join(pulled.contents.signers) or "nobody"
         log.info("using the substituter %s (%d paths, %s, signed by %s)", reference, len(pulled.contents.narinfos),

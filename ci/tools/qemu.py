@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,26 +32,76 @@ class DiskInfo:
     format: str  # "qcow2", "raw", ...
     virtual_size: int  # bytes the guest sees
     actual_size: int  # bytes the file takes on the host
+    backing_file: str = ""  # another file the image reads what it lacks from ("" for none)
+    data_file: str = ""  # an external file holding the image's data (qcow2's data-file; "" for none)
 
     @classmethod
     def from_json(cls, path: Path, data: dict) -> DiskInfo:
-        return cls(path, data["format"], int(data["virtual-size"]), int(data.get("actual-size", 0)))
+        specific = (data.get("format-specific") or {}).get("data") or {}
+        return cls(path, data["format"], int(data["virtual-size"]), int(data.get("actual-size", 0)),
+                   str(data.get("backing-filename") or data.get("full-backing-filename") or ""),
+                   str(specific.get("data-file") or ""))
 
 
-def disk_info(path: Path) -> DiskInfo:
-    """Format and sizes of the disk image at `path`; ConfigError when it is not one."""
+def disk_info(path: Path, fmt: str | None = None) -> DiskInfo:
+    """Format and sizes of the disk image at `path` (read as `fmt` when given, else probed); ConfigError when it is not one.
+
+    -U: the image may be open in a running VM; info only reads it."""
     try:
-        result = process.run("qemu-img", ["info", "--output=json", str(path)])
+        result = process.run("qemu-img", ["info", "-U", "--output=json", *(["-f", fmt] if fmt else []), str(path)])
+        return DiskInfo.from_json(path, json.loads(result.output[result.output.index("{"):]))
     except CommandFailed as exc:
         raise ConfigError(f"{path} is not a disk image qemu can read: {exc.message.split(': ', 1)[-1]}",
                           "check the path, or build the image again") from None
-    return DiskInfo.from_json(path, json.loads(result.output[result.output.index("{"):]))
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"qemu-img could not describe {path}", "check the path, or build the image again") from None
+
+
+QCOW2_MAGIC = b"QFI\xfb"
+_EXTERNAL_DATA_FILE = 1 << 2  # qcow2 incompatible feature bit: the data lives in another file
+
+
+def qcow2_header_problem(header: bytes) -> str | None:
+    """What makes a qcow2 header unfit for a disk that must stand alone (a backing file, an external data
+    file, not qcow2 at all); None when it is fit. Read from the bytes alone, so that no tool opens any
+    file the header names."""
+    if len(header) < 72 or header[:4] != QCOW2_MAGIC:
+        return "is not a qcow2 disk"
+    version, backing_offset, backing_size = struct.unpack(">IQI", header[4:20])
+    if version not in (2, 3):
+        return f"is a qcow2 disk of version {version}, which qemu does not know"
+    if backing_offset or backing_size:
+        return "names a backing file, so it would read another file of this machine"
+    if version == 3 and struct.unpack(">Q", header[72:80])[0] & _EXTERNAL_DATA_FILE:
+        return "keeps its data in an external file, so it would read another file of this machine"
+    return None
+
+
+def standalone_qcow2(path: Path, hint: str) -> DiskInfo:
+    """The qcow2 at `path`, checked to stand alone: no backing file, no external data file (by its header,
+    then by qemu-img's JSON); ConfigError with `hint` otherwise. Every qcow2 the toolkit did not build
+    itself goes through here before qemu reads it or it leaves this machine."""
+    try:
+        with open(path, "rb") as disk:
+            header = disk.read(4096)
+    except OSError as exc:
+        raise ConfigError(f"cannot read the VM image {path}: {exc.strerror}", hint) from None
+    problem = qcow2_header_problem(header)
+    if problem is None:
+        info = disk_info(path, "qcow2")
+        if info.backing_file:
+            problem = "names a backing file, so it would read another file of this machine"
+        elif info.data_file:
+            problem = "keeps its data in an external file, so it would read another file of this machine"
+    if problem is not None:
+        raise ConfigError(f"{path} {problem}", hint)
+    return info
 
 
 def check_disk(path: Path) -> None:
     """`qemu-img check`: the image's metadata (refcounts, tables) is consistent."""
     try:
-        process.run("qemu-img", ["check", str(path)])
+        process.run("qemu-img", ["check", "-U", "-f", "qcow2", str(path)])
     except CommandFailed as exc:
         raise ToolkitError(f"{path} is damaged: {exc.message.split(': ', 1)[-1]}",
                            "build or pull the image again", details=exc.details) from None

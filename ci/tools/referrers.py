@@ -80,21 +80,21 @@ def attach(repository: str, subject: Manifest, path: Path, *, media_type: str, a
            annotations: Mapping[str, str] | None = None, insecure: bool = False) -> Manifest:
     """Push `path` as an artifact whose subject is `subject`, by digest, and index it as a referrer."""
     ref = parse_image_ref(f"{repository}@{subject.digest}", need_registry=True)
-    with oras._registry(ref, insecure) as (registry, container):
+    with oras.session(ref, insecure) as (registry, container):
         layer = oras.describe(oras.Blob(path, media_type))
-        oras._upload(registry, container, ref, path, layer)
+        oras.upload(registry, container, ref, path, layer)
         config = oras.Descriptor(oras.EMPTY_MEDIA_TYPE, _digest(oras.EMPTY_CONFIG), len(oras.EMPTY_CONFIG))
         with tempfile.TemporaryDirectory(prefix="nix-ci-attach-") as work:
             empty = Path(work) / "config.json"
             empty.write_bytes(oras.EMPTY_CONFIG)
-            oras._upload(registry, container, ref, empty, config)
+            oras.upload(registry, container, ref, empty, config)
         body_json = oras.manifest_json(artifact_type, config, [layer], annotations or {})
         body_json["subject"] = subject.descriptor()
         body = json.dumps(body_json, separators=(",", ":"), sort_keys=True).encode()
         artifact = Manifest(oras.MANIFEST_MEDIA_TYPE, _digest(body), body)
-        response = oras._request(registry, ref, "PUT", f"{registry.prefix}://{container.manifest_url(artifact.digest)}",
+        response = oras.request(registry, ref, "PUT", f"{registry.prefix}://{container.manifest_url(artifact.digest)}",
                                  data=body, headers={"Content-Type": oras.MANIFEST_MEDIA_TYPE})
-        oras._expect(response, ref, f"the {artifact_type} manifest upload", (201,))
+        oras.expect(response, ref, f"the {artifact_type} manifest upload", (201,))
         if response.headers.get("OCI-Subject") == subject.digest:
             log.info("%s indexes referrers itself (OCI-Subject)", ref.registry)
             return artifact
@@ -107,9 +107,9 @@ def referrers(repository: str, subject_digest: str, *, artifact_type: str | None
               insecure: bool = False) -> list[Referrer]:
     """The artifacts attached to `subject_digest`: the referrers API's answer, else the fallback tag's index."""
     ref = parse_image_ref(f"{repository}@{subject_digest}", need_registry=True)
-    with oras._registry(ref, insecure) as (registry, container):
+    with oras.session(ref, insecure) as (registry, container):
         url = f"{registry.prefix}://{ref.registry}/v2/{ref.repository}/referrers/{subject_digest}"
-        response = oras._request(registry, ref, "GET", url, headers={"Accept": INDEX_MEDIA_TYPE})
+        response = oras.request(registry, ref, "GET", url, headers={"Accept": INDEX_MEDIA_TYPE})
         if response.status_code == 200 and response.headers.get("Content-Type", "").startswith(INDEX_MEDIA_TYPE):
             index = response.json()
         else:
@@ -124,7 +124,7 @@ def fetch(repository: str, subject_digest: str, referrer: Referrer, *, insecure:
     """An attached artifact's manifest and its one file, both checked against their digests, and its
     subject checked to be `subject_digest`."""
     ref = parse_image_ref(f"{repository}@{referrer.digest}", need_registry=True)
-    with oras._registry(ref, insecure) as (registry, container):
+    with oras.session(ref, insecure) as (registry, container):
         found = _get_manifest(ref, referrer.digest, insecure, (registry, container))
         if found is None:
             raise IntegrityError(f"the {referrer.artifact_type} {referrer.digest} attached to {repository}@{subject_digest} "
@@ -141,7 +141,7 @@ def fetch(repository: str, subject_digest: str, referrer: Referrer, *, insecure:
         layer = oras.Descriptor.from_json(layers[0])
         with tempfile.TemporaryDirectory(prefix="nix-ci-attached-") as work:
             target = Path(work) / "blob"
-            oras._download(registry, container, ref, layer, target)  # checks size and digest
+            oras.download(registry, container, ref, layer, target)  # checks size and digest
             return found, target.read_bytes()
 
 
@@ -162,19 +162,19 @@ def _add_to_fallback(registry, container, ref: ImageRef, subject_digest: str, en
         descriptor["annotations"] = dict(entry.annotations)
     index["manifests"] = [*listed, descriptor]
     body = json.dumps(index, separators=(",", ":"), sort_keys=True).encode()
-    response = oras._request(registry, ref, "PUT", f"{registry.prefix}://{container.manifest_url(tag)}",
+    response = oras.request(registry, ref, "PUT", f"{registry.prefix}://{container.manifest_url(tag)}",
                              data=body, headers={"Content-Type": INDEX_MEDIA_TYPE})
-    oras._expect(response, ref, "the referrers index (fallback tag) upload", (201,))
+    oras.expect(response, ref, "the referrers index (fallback tag) upload", (201,))
 
 
 def _get_manifest(ref: ImageRef, reference: str, insecure: bool, client=None) -> Manifest | None:
     """GET a manifest by tag or digest; None when the registry has none; its digest checked."""
     def get(registry, container) -> Manifest | None:
         url = f"{registry.prefix}://{container.manifest_url(reference)}"
-        response = oras._request(registry, ref, "GET", url, headers={"Accept": ", ".join(IMAGE_MEDIA_TYPES)})
+        response = oras.request(registry, ref, "GET", url, headers={"Accept": ", ".join(IMAGE_MEDIA_TYPES)})
         if response.status_code == 404:
             return None
-        oras._expect(response, ref, "reading a manifest", (200,))
+        oras.expect(response, ref, "reading a manifest", (200,))
         digest = _digest(response.content)
         claimed = reference if reference.startswith("sha256:") else response.headers.get("Docker-Content-Digest")
         if claimed and claimed != digest:
@@ -185,7 +185,7 @@ def _get_manifest(ref: ImageRef, reference: str, insecure: bool, client=None) ->
 
     if client is not None:
         return get(*client)
-    with oras._registry(ref, insecure) as (registry, container):
+    with oras.session(ref, insecure) as (registry, container):
         return get(registry, container)
 
 

@@ -28,6 +28,12 @@ def refused(registry: str) -> RegistryError:
     return RegistryError(f"the registry {registry} refused the credentials", login_hint(registry))
 
 
+def unauthenticated(registry: str) -> RegistryError:
+    """The registry wants credentials, and none are configured for it (none in the auth files, and
+    REGISTRY_HOST names another registry or none)."""
+    return RegistryError(f"the registry {registry} wants credentials, and none are configured for it", login_hint(registry))
+
+
 def missing(name: str) -> RegistryError:
     return RegistryError(f"{name} does not exist", "check the name and tag, or push it first")
 
@@ -67,6 +73,12 @@ def not_a_registry(registry: str, status: int) -> RegistryError:
 def corrupt(what: str, detail: str) -> IntegrityError:
     """What a registry sent does not match the digest that names it."""
     return IntegrityError(f"{what} is corrupt: {detail}", "push it again, or check the registry's storage")
+
+
+def malformed(what: str, detail: str) -> IntegrityError:
+    """What a registry sent is not shaped as the toolkit writes it: a crafted or foreign artifact."""
+    return IntegrityError(f"{what} is not a well-formed artifact: {detail}",
+                          "push it again with the toolkit, and check who can push to that repository")
 
 
 def from_text(text: str, *, registry: str, name: str, unknown_host_is_offline: bool = False) -> ToolkitError | None:

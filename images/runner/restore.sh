@@ -12,6 +12,9 @@
 #                         `invoke build-runner` bakes the configured one in
 #   BUNDLE_INSECURE=1     no TLS verification for BUNDLE_REF (loopback registries are spoken to in plain HTTP)
 #   REGISTRY_USERNAME, REGISTRY_PASSWORD, or REGISTRY_AUTH_FILE: credentials for BUNDLE_REF
+#                         (the pair is sent to BUNDLE_REF's registry only, and not at all when
+#                         REGISTRY_HOST names another); all of them are unset once the pull is
+#                         done, so that what the runner starts never sees them
 #
 # Then it runs its arguments, /result/bin/run by default (the image's CMD).
 #
@@ -54,9 +57,12 @@ keys=${TRUSTED_PUBLIC_KEYS:-}
 [ -n "$(echo "$keys" | tr -d '[:space:]')" ] || fail 1 "no trusted public key, so no bundle can be checked;" \
   "set TRUSTED_PUBLIC_KEYS to the public key of the bundle's signer (invoke build-runner bakes bundle.public_key in)"
 key_names=""
+n=0
 for key in $keys; do
+  n=$((n + 1))
+  # The key's text is never shown: a secret key pasted here by mistake must not reach the log.
   echo "$key" | grep -Eq '^[A-Za-z0-9][A-Za-z0-9._-]*:[A-Za-z0-9+/]{43}=$' ||
-    fail 1 "TRUSTED_PUBLIC_KEYS holds '$(echo "$key" | cut -c 1-40)', which is not a Nix public key; give NAME:BASE64 as nix-store --generate-binary-cache-key writes it"
+    fail 1 "word $n of TRUSTED_PUBLIC_KEYS is not a Nix public key; give NAME:BASE64 as nix-store --generate-binary-cache-key writes it"
   key_names="$key_names${key_names:+ }${key%%:*}"
 done
 
@@ -70,7 +76,9 @@ if [ -n "${BUNDLE_REF:-}" ]; then
   esac
   [ "${BUNDLE_INSECURE:-}" != 1 ] || tls=false
   authfile=""
-  if [ -n "${REGISTRY_USERNAME:-}" ] && [ -n "${REGISTRY_PASSWORD:-}" ]; then
+  if [ -n "${REGISTRY_HOST:-}" ] && [ "$REGISTRY_HOST" != "$host" ]; then
+    say "REGISTRY_HOST is $REGISTRY_HOST, not $host: REGISTRY_USERNAME and REGISTRY_PASSWORD are not sent"
+  elif [ -n "${REGISTRY_USERNAME:-}" ] && [ -n "${REGISTRY_PASSWORD:-}" ]; then
     authfile=$work/auth.json
     (umask 077 && printf '{"auths":{"%s":{"auth":"%s"}}}\n' "$host" \
       "$(printf '%s:%s' "$REGISTRY_USERNAME" "$REGISTRY_PASSWORD" | base64 | tr -d '\n')" > "$authfile")
@@ -93,22 +101,33 @@ if [ -n "${BUNDLE_REF:-}" ]; then
       fail 2 "$BUNDLE_REF is not a bundle (its artifact type is '$type', not $BUNDLE_TYPE); give a reference that \`invoke cache-push\` wrote a bundle to"
     [ "$digest" != none ] || fail 2 "$BUNDLE_REF has no $BUNDLE_MEDIA_TYPE layer; push the bundle again with \`invoke cache-push\`"
   }
+  # A refusal is about the credentials, not the reference: say which were given, and how to give them.
+  refused() {
+    grep -Eqi 'unauthorized|authentication required|denied|invalid username/password' "$log" || return 1
+    if [ -n "$authfile" ] || [ -n "${REGISTRY_AUTH_FILE:-}" ]; then
+      fail 2 "the registry $host refused the credentials for $BUNDLE_REF; check REGISTRY_USERNAME and REGISTRY_PASSWORD (or REGISTRY_AUTH_FILE)"
+    fi
+    fail 2 "the registry $host wants credentials for $BUNDLE_REF, and none were given; set REGISTRY_USERNAME and REGISTRY_PASSWORD (or mount an auth file and set REGISTRY_AUTH_FILE)"
+  }
   say "pulling $BUNDLE_REF"
   # The manifest first, so that an artifact of another type is refused before its blobs are downloaded.
   skopeo --policy "$POLICY" inspect --raw "$tls_flag" ${authfile:+--authfile "$authfile"} "docker://$BUNDLE_REF" \
-    > "$work/manifest.json" 2> "$log" ||
+    > "$work/manifest.json" 2> "$log" || refused ||
     fail 2 "cannot pull $BUNDLE_REF: $(reason || last_line); check the reference and that the registry answers"
   manifest_facts "$work/manifest.json"
   # skopeo checks every blob against its digest.
   skopeo --policy "$POLICY" copy --quiet --src-tls-verify="$tls" ${authfile:+--src-authfile "$authfile"} \
-    "docker://$BUNDLE_REF" "dir:$work/pulled" > "$log" 2>&1 ||
+    "docker://$BUNDLE_REF" "dir:$work/pulled" > "$log" 2>&1 || refused ||
     fail 2 "cannot pull $BUNDLE_REF: $(reason || last_line); check that the registry answers, then try again"
   manifest_facts "$work/pulled/manifest.json"  # what was copied, should the tag have moved meanwhile
   bundle=$work/pulled/${digest#sha256:}
+  rm -f "$work/auth.json"
 else
   bundle=${BUNDLE:-/closure.tar}
   source=$bundle
 fi
+# The credentials served the pull; what the runner starts must not inherit them.
+unset REGISTRY_USERNAME REGISTRY_PASSWORD REGISTRY_AUTH_FILE REGISTRY_HOST
 
 if [ -d "$bundle" ]; then
   fail 2 "$bundle is a directory, not a bundle: the file given to docker run -v did not exist (docker then mounts an empty directory); give the path of closure.tar"
@@ -118,6 +137,12 @@ mkdir "$work/bundle"
 tar -x -f "$bundle" -C "$work/bundle" > "$log" 2>&1 ||
   fail 2 "$source is not a bundle: tar cannot read it ($(first_line)); make it again with \`invoke bundle\`"
 cache=$work/bundle/cache
+# Only what `invoke bundle` writes: cache/ of plain files and directories, and the result link.
+strange=$(find "$work/bundle" -mindepth 1 ! -path "$work/bundle/result" ! -type f ! -type d | head -n 1)
+[ -z "$strange" ] ||
+  fail 2 "$source is not a bundle: it holds ${strange#"$work/bundle/"}, which is neither a file nor a directory; make it with \`invoke bundle\`"
+[ -z "$(find "$work/bundle" -mindepth 1 -maxdepth 1 ! -name cache ! -name result | head -n 1)" ] ||
+  fail 2 "$source is not a bundle: it holds files outside cache/; make it with \`invoke bundle\`"
 [ -f "$cache/nix-cache-info" ] && [ -L "$work/bundle/result" ] ||
   fail 2 "$source is not a bundle: it lacks cache/nix-cache-info or the result link; make it with \`invoke bundle\`"
 path=$(readlink "$work/bundle/result")

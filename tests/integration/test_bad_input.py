@@ -119,7 +119,7 @@ def registry_with_auth(tmp_path):
 
 
 def test_refused_credentials_are_reported_and_never_shown(web_tag, registry_with_auth):
-    env = {"REGISTRY_USERNAME": "alice", "REGISTRY_PASSWORD": "wrong-password"}
+    env = {"REGISTRY_USERNAME": "alice", "REGISTRY_PASSWORD": "wrong-password", "REGISTRY_HOST": registry_with_auth}
     outcome = invoke("push", web_tag, "--to", f"docker://{registry_with_auth}/web:1", env=env)
     assert_one_line_error(outcome, f"the registry {registry_with_auth} refused the credentials")
     secret = base64.b64encode(b"alice:wrong-password").decode()

@@ -591,10 +591,29 @@ def test_runner_pulls_with_credentials_from_the_environment(engine, runner, made
     with registries.registry(tmp_path / "registry", password="s3cret") as address:
         reference = f"{address}/bundletest/private:1"
         credentials = {"REGISTRY_USERNAME": "alice", "REGISTRY_PASSWORD": "s3cret"}
-        assert invoke("cache-push", "--to", reference, env={**env, **credentials}).code == 0
+        assert invoke("cache-push", "--to", reference, env={**env, **credentials, "REGISTRY_HOST": address}).code == 0
+        # What the runner starts does not inherit the credentials of its pull.
+        shown = 'echo "child sees: ${REGISTRY_USERNAME:-no user} ${REGISTRY_PASSWORD:-no password} ${REGISTRY_HOST:-no host}"'
         code, logs = run_once(engine, runner, network_mode="host", environment={"BUNDLE_REF": reference, **credentials},
-                              command=["true"])
+                              command=["sh", "-c", shown])
         assert code == 0, logs
-        code, logs = run_once(engine, runner, network_mode="host", environment={"BUNDLE_REF": reference},
-                              command=["true"])
-        assert code == 2 and error_line(logs).startswith(f"error: cannot pull {reference}: "), logs
+        assert "child sees: no user no password no host" in logs and "s3cret" not in logs
+        # Without credentials, or with them for another registry, the line says so: not a bad reference.
+        for environment in ({}, {**credentials, "REGISTRY_HOST": "ghcr.io"}):
+            code, logs = run_once(engine, runner, network_mode="host", environment={"BUNDLE_REF": reference, **environment},
+                                  command=["true"])
+            assert code == 2, logs
+            assert error_line(logs).startswith(f"error: the registry {address} wants credentials for {reference}, and none "
+                                               "were given; set REGISTRY_USERNAME and REGISTRY_PASSWORD"), logs
+        code, logs = run_once(engine, runner, network_mode="host", command=["true"],
+                              environment={"BUNDLE_REF": reference, **credentials, "REGISTRY_PASSWORD": "wrong"})
+        assert code == 2 and error_line(logs).startswith(f"error: the registry {address} refused the credentials"), logs
+
+
+def test_runner_never_quotes_a_trusted_key_word(engine, runner, made):
+    """A secret key pasted into TRUSTED_PUBLIC_KEYS by mistake must not reach the log."""
+    secret = "k-1:" + "c2VjcmV0" * 11
+    code, logs = run_once(engine, runner, volumes=mounted(made), environment={"TRUSTED_PUBLIC_KEYS": secret})
+    assert code == 1
+    assert error_line(logs).startswith("error: word 1 of TRUSTED_PUBLIC_KEYS is not a Nix public key"), logs
+    assert "c2VjcmV0" not in logs

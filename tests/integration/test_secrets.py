@@ -110,7 +110,8 @@ def auth_registry(tmp_path):
 
 def test_credentials_from_the_environment_show_nowhere(web_tag, auth_registry, github_files, tmp_path):
     address, password = auth_registry
-    env = {"REGISTRY_USERNAME": USER, "REGISTRY_PASSWORD": password, "CI_DEBUG": "1",  # every command in the log
+    env = {"REGISTRY_USERNAME": USER, "REGISTRY_PASSWORD": password, "REGISTRY_HOST": address,
+           "CI_DEBUG": "1",  # every command in the log
            **on_github(github_files), **private_tmpdir(tmp_path / "tmp")}
     with ProcessWatch(secret_forms(password)) as watch:
         outcome = invoke("push", web_tag, "--to", f"docker://{address}/secrets/web", env=env)  # every tag: inspects and copies
@@ -139,7 +140,8 @@ def test_credentials_from_an_auth_file_show_nowhere(web_tag, auth_registry, gith
 def test_a_refused_password_shows_nowhere(web_tag, auth_registry, github_files, tmp_path):
     address, password = auth_registry
     wrong = f"wrong-{uuid.uuid4().hex}"
-    env = {"REGISTRY_USERNAME": USER, "REGISTRY_PASSWORD": wrong, "CI_DEBUG": "1", **on_github(github_files)}
+    env = {"REGISTRY_USERNAME": USER, "REGISTRY_PASSWORD": wrong, "REGISTRY_HOST": address, "CI_DEBUG": "1",
+           **on_github(github_files)}
     with ProcessWatch(secret_forms(wrong) + secret_forms(password)) as watch:
         outcome = invoke("push", web_tag, "--to", f"docker://{address}/secrets/web:refused", env=env)
     assert_one_line_error(outcome, f"the registry {address} refused the credentials")
@@ -160,7 +162,8 @@ def test_a_cache_pulled_with_credentials_shows_them_nowhere(engine, cache_image,
     auth_file.write_text(json.dumps({"auths": {address: {"auth": secret_forms(password)[1]}}}))
     subprocess.run(["skopeo", f"--policy={registries.POLICY}", "copy", f"--authfile={auth_file}", "--dest-tls-verify=false",
                     f"docker-daemon:{cache_image.id}", f"docker://{remote}"], check=True, capture_output=True)
-    env = {**env, "REGISTRY_USERNAME": USER, "REGISTRY_PASSWORD": password, "INVOKE_BUILDER_CACHE": local,
+    env = {**env, "REGISTRY_USERNAME": USER, "REGISTRY_PASSWORD": password, "REGISTRY_HOST": address,
+           "INVOKE_BUILDER_CACHE": local,
            "CI_DEBUG": "1", **on_github(github_files), **private_tmpdir(tmp_path / "tmp")}
     try:
         with ProcessWatch(secret_forms(password)) as watch:

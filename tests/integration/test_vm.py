@@ -412,7 +412,7 @@ def test_pull_refuses_an_artifact_of_another_type(registry, tmp_path):
 def test_push_vm_credentials(small_disks, tmp_path):
     image, _ = small_disks
     with registries.registry(tmp_path / "registry", password="right-password") as own:
-        env = {"REGISTRY_USERNAME": "alice", "REGISTRY_PASSWORD": "wrong-password"}
+        env = {"REGISTRY_USERNAME": "alice", "REGISTRY_PASSWORD": "wrong-password", "REGISTRY_HOST": own}
         refused = invoke("push-vm", "--to", f"{own}/vmtest/nixos:1", "--image", str(image), "--without-seed", env=env)
         assert_one_line_error(refused, f"the registry {own} refused the credentials", "REGISTRY_USERNAME")
         assert "wrong-password" not in refused.stdout + refused.stderr
