@@ -13,6 +13,7 @@ from invoke import Collection, task
 from ci import build, github, settings
 from ci.build import BuilderSettings
 from ci.cache import CacheSettings
+from ci.core import files
 from ci.core.errors import ConfigError
 from ci.edge import check_settings, report_errors, say
 from ci.project import Project
@@ -284,8 +285,9 @@ def build_vm(c, ssh_key=None, ssh_key_file=None, hostname=None, disk_size=None, 
     from ci import qemu
 
     accel = qemu.acceleration(kvm)
-    built = vm.build_vm(Path(c.project.root or HERE), builder=c.builder.base, expression=c.vm.expression,
-                        pkgs=c.web.pkgs, vm_settings=settings, output=_path(c, output, c.vm.image), accel=accel)
+    with files.output(_path(c, output, c.vm.image), "file", "--output (vm.image)") as path:
+        built = vm.build_vm(Path(c.project.root or HERE), builder=c.builder.base, expression=c.vm.expression,
+                            pkgs=c.web.pkgs, vm_settings=settings, output=path, accel=accel)
     say(f"{built.path} {built.size} bytes ({built.virtual_size} bytes virtual)")
 
 
@@ -375,7 +377,8 @@ def pull_vm(c, source, to=None, insecure=False):
     from ci import vm
 
     directory = Path(to).absolute() if to else _path(c, None, c.vm.image).parent
-    pulled = vm.pull_vm(source, directory, insecure=insecure)
+    with files.output(directory, "directory", "--to") as directory:
+        pulled = vm.pull_vm(source, directory, insecure=insecure)
     say(pulled.artifact.pinned)
     for layer, path in zip(pulled.artifact.layers, pulled.files, strict=True):
         say(f"{path} {layer.digest} verified")
@@ -419,10 +422,10 @@ def bundle_key(c, name=None, force=False):
     from ci import bundles
 
     name = _setting(c, "bundle.key_name", name, "--name") or bundles.default_key_name()
-    pair = bundles.generate_key(builder=c.builder.base, name=name,
-                                  secret=_key_path(c, None, c.bundle.secret_key),
-                                  public=_key_path(c, None, c.bundle.public_key), force=force,
-                                  project=Path(c.project.root or HERE))
+    secret, public = _key_path(c, None, c.bundle.secret_key), _key_path(c, None, c.bundle.public_key)
+    with files.output(secret, "file", "bundle.secret_key") as secret, files.output(public, "file", "bundle.public_key") as public:
+        pair = bundles.generate_key(builder=c.builder.base, name=name, secret=secret, public=public, force=force,
+                                    project=Path(c.project.root or HERE))
     say(f"{pair.secret} secret key: keep it private")
     say(f"{pair.public} {pair.public_key}")
 
@@ -442,9 +445,10 @@ def bundle(c, expression=None, attr=None, output=None, secret_key=None, compress
     expression, attr, compression = (_setting(c, "bundle.expression", expression, "--expression"),
                                      _setting(c, "bundle.attr", attr, "--attr"),
                                      _setting(c, "bundle.compression", compression, "--compression"))
-    made = bundles.make_bundle(Path(c.project.root or HERE), builder=c.builder.base, expression=expression, attr=attr,
-                               pkgs=c.web.pkgs, secret_key=_key_path(c, secret_key, c.bundle.secret_key),
-                               output=_path(c, output, c.bundle.output), compression=compression)
+    with files.output(_path(c, output, c.bundle.output), "file", "--output (bundle.output)") as path:
+        made = bundles.make_bundle(Path(c.project.root or HERE), builder=c.builder.base, expression=expression,
+                                   attr=attr, pkgs=c.web.pkgs, secret_key=_key_path(c, secret_key, c.bundle.secret_key),
+                                   output=path, compression=compression)
     say(f"{made.path} {made.size} bytes {made.store_path} ({len(made.closure)} paths, "
         f"signed by {', '.join(made.cache.signers)})")
 
@@ -493,8 +497,10 @@ def cache_pull(c, source, to=None, insecure=False):
     """Pull a bundle or binary cache artifact, every file checked against its digest; print where it went."""
     from ci import bundles
 
-    pulled = bundles.pull(source, bundle_to=_path(c, to, c.bundle.output), cache_to=_path(c, to, c.bundle.cache_dir),
-                            insecure=insecure)
+    bundle_to, cache_to = _path(c, to, c.bundle.output), _path(c, to, c.bundle.cache_dir)
+    with files.output(bundle_to, "file-or-directory", "--to") as bundle_to, \
+            files.output(cache_to, "file-or-directory", "--to") as cache_to:
+        pulled = bundles.pull(source, bundle_to=bundle_to, cache_to=cache_to, insecure=insecure)
     say(pulled.artifact.pinned)
     say(f"{pulled.path} {pulled.kind}: {len(pulled.contents.narinfos)} paths, {pulled.contents.nar_bytes} bytes of NARs, "
         f"signed by {', '.join(pulled.contents.signers) or 'nobody'}")

@@ -33,7 +33,7 @@ from typing import Any
 
 import yaml
 
-from .core.errors import BadReference, ConfigError
+from .core.errors import BadReference, ConfigError, quoted
 from .core.refs import parse_image_ref
 
 # invoke's own sections (run, sudo, ...) are invoke's to check.
@@ -294,8 +294,7 @@ def kind_of(key: str, default: Any = None) -> Kind:
 
 def shown(value: Any) -> str:
     """A value as the message shows it: on one line, quoted, cut short."""
-    text = json.dumps(value) if not isinstance(value, str) else "'" + value.encode("unicode_escape").decode() + "'"
-    return text if len(text) <= 60 else text[:57] + "..."
+    return quoted(value, 60) if isinstance(value, str) else quoted(json.dumps(value, default=str), 60)[1:-1]
 
 
 def refusal(key: str, value: Any, source: str, kind: Kind, hint: str, note: str = "") -> ConfigError:
