@@ -101,7 +101,7 @@ def stream_into_load(image: str, command: list[str], *, known_chains: set[str], 
         except docker.errors.APIError as exc:
             raise _api_error(exc, "loading the image into Docker failed") from None
         finally:
-            _quietly(lambda: api.remove_container(container, force=True))
+            _quietly(lambda: api.remove_container(container, force=True), container=container)
 
 
 def _put_context(container: str, files: IO[bytes], image: str) -> None:
