@@ -78,9 +78,10 @@ def _whole(low: int, high: int, what: str, unit: str = "") -> Kind:
         return value
 
     def parse(text: str) -> int:
-        if not re.fullmatch(r"\s*[0-9]{1,12}\s*", text):  # what invoke's int() cast takes, and no more
+        digits = text.strip(" \t\n")
+        if not re.fullmatch(r"[0-9]{1,12}", digits):  # what invoke's int() cast takes, and no more
             raise _Refused
-        return int(text)
+        return int(digits)
 
     return Kind(f"{what} is a whole number{f' of {unit}' if unit else ''} from {low} to {high}", test, parse)
 
@@ -297,8 +298,15 @@ def shown(value: Any) -> str:
     return quoted(value, 60) if isinstance(value, str) else quoted(json.dumps(value, default=str), 60)[1:-1]
 
 
+def named(name: Any) -> str:
+    """A key, variable or path as a message names it: as it is, unless it holds a control character."""
+    text = str(name)
+    return text if text.isprintable() else quoted(text)
+
+
 def refusal(key: str, value: Any, source: str, kind: Kind, hint: str, note: str = "") -> ConfigError:
-    return ConfigError(f"{key} is {shown(value)} (from {source}): {kind.rule}{f', {note}' if note else ''}", hint)
+    return ConfigError(f"{named(key)} is {shown(value)} (from {named(source)}): {kind.rule}{f', {note}' if note else ''}",
+                       hint)
 
 
 def value(config: Mapping[str, Any], key: str) -> Any:
@@ -345,22 +353,22 @@ def config_files(project: Path, environ: Mapping[str, str], runtime: str | None 
 
 
 def _read(path: Path) -> ConfigFile:
-    fix = f"fix {path}, or move it away"
+    fix = f"fix {named(path)}, or move it away"
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError:
-        raise ConfigError(f"the configuration file {path} is not UTF-8 text", fix) from None
+        raise ConfigError(f"the configuration file {named(path)} is not UTF-8 text", fix) from None
     except OSError as exc:
-        raise ConfigError(f"cannot read the configuration file {path}: {exc.strerror}", fix) from None
+        raise ConfigError(f"cannot read the configuration file {named(path)}: {exc.strerror}", fix) from None
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (yaml.YAMLError, ValueError) as exc:
-        raise ConfigError(f"the configuration file {path} is not valid {path.suffix[1:].upper()}: {_parse_problem(exc)}",
+        raise ConfigError(f"the configuration file {named(path)} is not valid {path.suffix[1:].upper()}: {_parse_problem(exc)}",
                           fix) from None
     if data is None:
         data = {}
     if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
-        raise ConfigError(f"the configuration file {path} is not a mapping of sections (web:, builder:, ...)", fix)
+        raise ConfigError(f"the configuration file {named(path)} is not a mapping of sections (web:, builder:, ...)", fix)
     return ConfigFile(path, data)
 
 
@@ -385,24 +393,25 @@ def _leaves(data: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, An
 
 def _check_file(file: ConfigFile, defaults: Mapping[str, Any]) -> dict[str, Any]:
     """The settings `file` gives, each checked; ConfigError naming the first it gets wrong."""
-    fix = f"fix it in {file.path}"
+    fix = f"fix it in {named(file.path)}"
     given: dict[str, Any] = {}
     for section, content in file.data.items():
         if section in INVOKE_SECTIONS:
+            _check_shape(content, _invoke_defaults()[section], section, file)
             continue
         if section not in defaults:
             known = ", ".join([*defaults, *INVOKE_SECTIONS])
-            raise ConfigError(f"'{section}' in {file.path} is not a section of the settings", f"use one of {known}")
+            raise ConfigError(f"{quoted(section)} in {named(file.path)} is not a section of the settings", f"use one of {known}")
         if not isinstance(content, dict) or not all(isinstance(k, str) for k in content):
-            raise ConfigError(f"{section} in {file.path} is not a mapping of settings", fix)
+            raise ConfigError(f"{named(section)} in {named(file.path)} is not a mapping of settings", fix)
         for key, value in _leaves(content, f"{section}."):
             parts = key.split(".")
             if section == "start" and len(parts) == 2:
-                raise ConfigError(f"{key} in {file.path} is not a mapping (file:, attr:, image:, ports:, ...)", fix)
+                raise ConfigError(f"{named(key)} in {named(file.path)} is not a mapping (file:, attr:, image:, ports:, ...)", fix)
             default = _default(defaults, key)
             runner_field = section == "start" and len(parts) == 3 and f"start.*.{parts[2]}" in SETTINGS
             if default is _MISSING and not runner_field:
-                raise ConfigError(f"{key} in {file.path} is not a setting", f"{fix}; the README lists the settings")
+                raise ConfigError(f"{named(key)} in {named(file.path)} is not a setting", f"{fix}; the README lists the settings")
             kind = kind_of(key, None if default is _MISSING else default)
             try:
                 given[key] = kind.check(value)
@@ -412,6 +421,24 @@ def _check_file(file: ConfigFile, defaults: Mapping[str, Any]) -> dict[str, Any]
 
 
 _MISSING = object()
+
+
+def _invoke_defaults() -> dict[str, Any]:
+    from invoke.config import Config
+
+    return Config.global_defaults()
+
+
+def _check_shape(value: Any, default: Any, key: str, file: ConfigFile) -> None:
+    """invoke's own settings are invoke's to check, but a mapping where it has a value, or the
+    reverse, stops its merge with a traceback: refused here."""
+    if isinstance(default, dict) != isinstance(value, dict):
+        what = "a mapping" if isinstance(default, dict) else "a single value"
+        raise ConfigError(f"{named(key)} in {named(file.path)} is not {what}, as invoke expects", f"fix it in {named(file.path)}")
+    if isinstance(value, dict):
+        for name, inner in value.items():
+            if name in default:
+                _check_shape(inner, default[name], f"{key}.{name}", file)
 
 
 def _default(defaults: Mapping[str, Any], key: str) -> Any:
@@ -438,18 +465,19 @@ def _check_environment(environ: Mapping[str, str], defaults: Mapping[str, Any], 
             continue
         key = names.get(name)
         if key is None:
-            raise ConfigError(f"{name} is set but names no setting",
+            raise ConfigError(f"{named(name)} is set but names no setting",
                               "unset it, or check its spelling against the settings in the README")
         default = _default(defaults, key)
         kind = kind_of(key, None if default is _MISSING else default)
         if not kind.environment or isinstance(keys[key], list | dict):
-            raise ConfigError(f"{key} is set from {name}, but a list cannot come from the environment",
+            raise ConfigError(f"{named(key)} is set from {named(name)}, but a list cannot come from the environment",
                               "set it in invoke.yaml instead, and unset the variable")
         try:
             kind.from_text(text)
         except _Refused as exc:
             usual = "" if default is _MISSING or default is None else f" to use the default, {shown(default)}"
-            raise refusal(key, text, name, kind, f"set {name} to a value it accepts, or unset it{usual}", exc.note) from None
+            hint = f"set {named(name)} to a value it accepts, or unset it{usual}"
+            raise refusal(key, text, name, kind, hint, exc.note) from None
 
 
 def check_sources(defaults: Mapping[str, Any], project: Path, environ: Mapping[str, str] | None = None,
