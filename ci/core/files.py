@@ -103,10 +103,11 @@ def _kind(path: Path) -> int | None:
     except FileNotFoundError:
         return None
     except OSError as exc:
-        if exc.errno == errno.ENOTDIR:
-            raise ConfigError(f"cannot write {path}: a part of its path is not a directory",
-                              "choose a path under a directory") from None
-        raise ConfigError(f"cannot write {path}: {exc.strerror}", "choose a writable directory") from None
+        blocker = next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), None)
+        if exc.errno == errno.ENOTDIR and blocker is not None:
+            kind = _KINDS.get(stat.S_IFMT(blocker.lstat().st_mode), "not a directory")
+            raise ConfigError(f"cannot write under {path.parent}: {blocker} is {kind}", "choose a writable directory") from None
+        raise ConfigError(f"cannot write under {path.parent}: {exc.strerror}", "choose a writable directory") from None
 
 
 def _empty(directory: Path) -> bool:
@@ -124,7 +125,7 @@ def _make_directories(directory: Path) -> list[Path]:
             continue
         if kind != stat.S_IFDIR and not (kind == stat.S_IFLNK and parent.is_dir()):
             raise ConfigError(f"cannot write under {directory}: {parent} is {_KINDS.get(kind, 'not a directory')}",
-                              "choose a path under a directory")
+                              "choose a writable directory")
         break
     made = []
     try:

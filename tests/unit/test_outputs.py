@@ -54,7 +54,7 @@ def test_layouts_go_only_into_empty_or_layout_directories(tmp_path):
 def test_an_unwritable_place_is_refused_and_leaves_no_directory(tmp_path):
     assert "cannot write under /proc" in refused(Path("/proc/x/y"), "file")
     (tmp_path / "file").write_text("x")
-    assert "a part of its path is not a directory" in refused(tmp_path / "file" / "sub" / "out.img", "file")
+    assert f"{tmp_path / 'file'} is a file" in refused(tmp_path / "file" / "sub" / "out.img", "file")
     assert list(tmp_path.iterdir()) == [tmp_path / "file"]
 
 
