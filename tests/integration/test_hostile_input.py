@@ -31,6 +31,11 @@ def tasks_elsewhere(directory: Path, config: str | None = None, *args: str, env:
     return Outcome(completed.returncode, completed.stdout, completed.stderr)
 
 
+def own(web_image) -> str:
+    """The fixture's image by its identity tag: web:latest may move while other tests build."""
+    return next(tag for tag in web_image.tags if tag.startswith("web:id-"))
+
+
 def one_line(outcome, *phrases):
     assert_one_line_error(outcome, *phrases)
     assert len([line for line in outcome.stderr.splitlines() if line.strip()]) == 1, outcome.stderr
@@ -96,16 +101,16 @@ def test_the_user_and_runtime_files_are_checked_too(tmp_path):
 
 
 def test_extract_to_proc_a_read_only_place_or_a_fifo_is_refused(web_image, tmp_path):
-    one_line(invoke("extract", "web", "--to", "rootfs:/proc/x"), "cannot write under /proc")
+    one_line(invoke("extract", own(web_image), "--to", "rootfs:/proc/x"), "cannot write under /proc")
     os.mkfifo(tmp_path / "fifo")
-    one_line(invoke("extract", "web", "--to", f"docker-archive:{tmp_path / 'fifo'}"), "is a FIFO, not a regular file")
+    one_line(invoke("extract", own(web_image), "--to", f"docker-archive:{tmp_path / 'fifo'}"), "is a FIFO, not a regular file")
     assert stat.S_ISFIFO((tmp_path / "fifo").lstat().st_mode)
     read_only = tmp_path / "ro"
     read_only.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(read_only)], capture_output=True).returncode:
         read_only.chmod(0o555)  # not root: permissions do it
     try:
-        one_line(invoke("extract", "web", "--to", f"rootfs:{read_only / 'x'}"), f"cannot write under {read_only}")
+        one_line(invoke("extract", own(web_image), "--to", f"rootfs:{read_only / 'x'}"), f"cannot write under {read_only}")
         one_line(invoke("cidata", "--output", str(read_only / "sub" / "c.img")), f"cannot write under {read_only / 'sub'}")
     finally:
         subprocess.run(["umount", str(read_only)], capture_output=True)
@@ -117,14 +122,14 @@ def test_oci_layouts_go_only_into_empty_or_layout_directories(web_image, tmp_pat
     mine.mkdir()
     (mine / "notes.txt").write_text("mine")
     for task in ("extract", "push"):
-        one_line(invoke(task, "web", "--to", f"oci:{mine}"), f"{mine} is neither empty nor an OCI layout")
+        one_line(invoke(task, own(web_image), "--to", f"oci:{mine}"), f"{mine} is neither empty nor an OCI layout")
     assert [p.name for p in mine.iterdir()] == ["notes.txt"]
     before = sorted(p.name for p in ROOT.iterdir())
-    one_line(invoke("extract", "web", "--to", "oci::x"), "'oci::x' names no directory")
+    one_line(invoke("extract", own(web_image), "--to", "oci::x"), "'oci::x' names no directory")
     assert sorted(p.name for p in ROOT.iterdir()) == before
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert invoke("extract", "web", "--to", f"oci:{empty}").code == 0
+    assert invoke("extract", own(web_image), "--to", f"oci:{empty}").code == 0
     assert (empty / "index.json").is_file()
 
 
@@ -136,10 +141,10 @@ def test_oci_layouts_go_only_into_empty_or_layout_directories(web_image, tmp_pat
     ["bundle", "--output", "/dev/full"],
     ["cache-pull", "127.0.0.1:5000/none/none:1", "--to", "/dev/full"],
     ["pull-vm", "127.0.0.1:5000/none/none:1", "--to", "/dev/full"],
-    ["extract", "web", "--to", "docker-archive:/dev/full"],
+    ["extract", "WEB", "--to", "docker-archive:/dev/full"],
 ])
-def test_a_device_node_is_never_replaced(args):
-    outcome = invoke(*args, env={"INVOKE_BUNDLE_SECRET_KEY": "/dev/null"})
+def test_a_device_node_is_never_replaced(web_image, args):
+    outcome = invoke(*[own(web_image) if arg == "WEB" else arg for arg in args], env={"INVOKE_BUNDLE_SECRET_KEY": "/dev/null"})
     one_line(outcome, "/dev/full is a character device")
     assert stat.S_ISCHR(Path("/dev/full").lstat().st_mode)
 
@@ -178,13 +183,13 @@ def test_a_page_that_is_a_directory_says_so(web_image, tmp_path):
 
 
 @pytest.mark.parametrize(("args", "phrase"), [
-    (["push", "web", "--to", "docker://127.0.0.1:5000/t/web:1\n"], "'127.0.0.1:5000/t/web:1\\n' is not a valid"),
+    (["push", "WEB", "--to", "docker://127.0.0.1:5000/t/web:1\n"], "'127.0.0.1:5000/t/web:1\\n' is not a valid"),
     (["push", "web\n", "--to", "docker://127.0.0.1:5000/t/web"], "unknown image 'web\\n'"),
-    (["extract", "web", "--to", "oci:/tmp/x:latest\n"], "'latest\\n' is not a valid tag"),
-    (["extract", "web", "--to", "rootfs:/tmp/x\n"], "names a path with a control character"),
+    (["extract", "WEB", "--to", "oci:/tmp/x:latest\n"], "'latest\\n' is not a valid tag"),
+    (["extract", "WEB", "--to", "rootfs:/tmp/x\n"], "names a path with a control character"),
 ])
 def test_a_reference_with_a_newline_is_one_line(web_image, args, phrase):
-    one_line(invoke(*args), phrase)
+    one_line(invoke(*[own(web_image) if arg == "WEB" else arg for arg in args]), phrase)
 
 
 def test_skopeo_fatal_message_comes_once_with_a_hint(web_image, tmp_path):
@@ -192,7 +197,7 @@ def test_skopeo_fatal_message_comes_once_with_a_hint(web_image, tmp_path):
     layout.mkdir()
     (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     (layout / "index.json").write_text("garbage")
-    outcome = invoke("push", "web", "--to", f"oci:{layout}")
+    outcome = invoke("push", own(web_image), "--to", f"oci:{layout}")
     assert_one_line_error(outcome, "skopeo failed: initializing destination oci:", "check the source and the destination")
     assert "level=fatal" not in outcome.stderr
     assert (layout / "index.json").read_text() == "garbage"
