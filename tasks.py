@@ -11,11 +11,12 @@ from invoke import Collection, task
 
 # Only what build-web needs is imported here; the other tasks import their
 # tool's module themselves, so that no task pays for loading them all.
-from ci import build, github
+from ci import build, github, settings
 from ci.build import BuilderSettings
 from ci.cache import CacheSettings
+from ci.core import files
 from ci.core.errors import ConfigError
-from ci.edge import report_errors, say
+from ci.edge import check_settings, report_errors, say
 from ci.project import Project
 
 HERE = Path(__file__).resolve().parent
@@ -28,15 +29,22 @@ def _project(c):
                    LabelSettings(c.labels.source, c.labels.licenses, c.labels.version))
 
 
+def _setting(c, key, given=None, option=None):
+    """The flag `option`'s value when given, checked as the setting `key` is; else the configuration's, which
+    was checked when this file was imported (ci/settings.py)."""
+    flagged = settings.flag(key, given, option) if option else None
+    return settings.value(c.config, key) if flagged is None else flagged
+
+
 def _builder(c, from_debian=False, tool=None, refresh_builder=False, suite=None):
-    return BuilderSettings(c.builder.image, from_debian or c.builder.from_debian, tool or c.builder.tool, refresh_builder,
-                           suite or c.builder.suite)
+    return BuilderSettings(c.builder.image, from_debian or c.builder.from_debian, _setting(c, "builder.tool", tool, "--tool"),
+                           refresh_builder, _setting(c, "builder.suite", suite, "--suite"))
 
 
 def _cache(c, namespace=None):
     """Where the builder images live; `namespace` is --cache-from, else builder.registry."""
-    return CacheSettings(c.builder.base, c.builder.cache, namespace or c.builder.registry, c.builder.max_age_days,
-                         _public_key(c))
+    return CacheSettings(c.builder.base, c.builder.cache, _setting(c, "builder.registry", namespace, "--cache-from"),
+                         c.builder.max_age_days, _public_key(c))
 
 
 BUILDER_HELP = {
@@ -87,9 +95,9 @@ SUBSTITUTER_HELP = ("a binary cache or bundle in a registry (REGISTRY/NAME:TAG, 
 def build_cache(c, from_debian=False, tool=None, refresh_builder=False, suite=None, push=None, substituter=None,
                 sign_key=None):
     """Build nix-base, then nix-cache: the builder with tools and the web closure pre-built."""
+    builder, cache = _builder(c, from_debian, tool, refresh_builder, suite), _cache(c)
     with _substituter(c, substituter) as pulled:
-        image = build.build_cache(_project(c), _builder(c, from_debian, tool, refresh_builder, suite), _cache(c),
-                                  substituter=pulled)
+        image = build.build_cache(_project(c), builder, cache, substituter=pulled)
     say(f"{c.builder.cache} {image.id}")
     github.report("build-cache", github.built(c.builder.cache, image))
     if push:  # publish only what works: a web build on the new cache first
@@ -111,9 +119,10 @@ def build_cache(c, from_debian=False, tool=None, refresh_builder=False, suite=No
 @report_errors
 def build_web(c, complete=False, cache_from=None, substituter=None):
     """Build the web image and load it into Docker as web:<tag> and web:latest."""
+    builder, cache = _builder(c), _cache(c, cache_from)
     with _substituter(c, substituter) as pulled:
-        image = build.build_web(_project(c), _builder(c), _cache(c, cache_from), name=c.web.name, complete=complete,
-                                substituter=pulled, attr=c.web.attr)
+        image = build.build_web(_project(c), builder, cache, name=c.web.name, complete=complete, substituter=pulled,
+                                attr=c.web.attr)
     for tag in image.tags:
         say(f"{tag} {image.id}")
     github.report("build-web", github.built(c.web.name, image))
@@ -136,8 +145,8 @@ def run_web(c, port=None):
     from ci import containers
 
     running = containers.run_web(f"{c.web.name}:latest", name=c.web.container, host=c.web.host,
-                          port=int(port or c.web.port), container_port=c.web.container_port,
-                          timeout=c.web.timeout)
+                                 port=_setting(c, "web.port", port, "--port"), container_port=c.web.container_port,
+                                 timeout=c.web.timeout)
     say(running.urls[0])
 
 
@@ -204,12 +213,13 @@ def start(c, runner, container=False, publish=None, arg=None):
 @task(help={"runner": "the runner whose container to stop (services, nginx)",
             "grace": "seconds between docker stop's SIGTERM and its SIGKILL (default 10)"})
 @report_errors
-def stop(c, runner, grace=10):
+def stop(c, runner, grace=None):
     """Stop and remove a runner's container: SIGTERM, then SIGKILL after the grace time."""
     from ci import services
 
+    grace = settings.flag("stop.grace", grace, "--grace")
     entry = _runner(c, runner)
-    stopped = services.stop_container(entry.container, int(grace))
+    stopped = services.stop_container(entry.container, 10 if grace is None else grace)
     if stopped is None:
         say("not running")
         return
@@ -385,13 +395,15 @@ def build_vm(c, ssh_key=None, ssh_key_file=None, hostname=None, disk_size=None, 
     settings = vm.settings(
         keys=ssh_key if given else vm.as_list(c.vm.ssh_keys, "\n"),
         key_files=ssh_key_file if given else vm.as_list(c.vm.ssh_key_files, os.pathsep),
-        user=c.vm.user, hostname=hostname or c.vm.hostname, disk_size=disk_size or c.vm.disk_size,
+        user=c.vm.user, hostname=_setting(c, "vm.hostname", hostname, "--hostname"),
+        disk_size=_setting(c, "vm.disk_size", disk_size, "--disk-size"),
     )
     from ci.tools import qemu
 
     accel = qemu.acceleration(kvm)
-    built = vm.build_vm(Path(c.project.root or HERE), builder=c.builder.base, expression=c.vm.expression,
-                        pkgs=c.web.pkgs, vm_settings=settings, output=_path(c, output, c.vm.image), accel=accel)
+    with files.output(_path(c, output, c.vm.image), "file", "--output (vm.image)") as path:
+        built = vm.build_vm(Path(c.project.root or HERE), builder=c.builder.base, expression=c.vm.expression,
+                            pkgs=c.web.pkgs, vm_settings=settings, output=path, accel=accel)
     say(f"{built.path} {built.size} bytes ({built.virtual_size} bytes virtual)")
 
 
@@ -415,8 +427,10 @@ def cidata(c, user_data=None, meta_data=None, network_config=None, vendor_data=N
 
     from ci import cidata as ci_cidata
 
+    fmt = _setting(c, "vm.seed_format", format, "--format")
+    hostname = settings.flag("vm.hostname", hostname, "--hostname")
     seed = ci_cidata.make_seed(
-        _path(c, output, c.vm.seed), fmt=format or c.vm.seed_format,
+        _path(c, output, c.vm.seed), fmt=fmt,
         user_data=given(user_data), meta_data_file=given(meta_data),
         network_config=given(network_config), vendor_data=given(vendor_data),
         hostname=hostname or (None if meta_data else c.vm.hostname), instance_id=instance_id,
@@ -439,9 +453,10 @@ def run_vm(c, image=None, seed=None, without_seed=False, port=None, memory=None,
     """Boot the VM image with qemu on this terminal (serial console; Ctrl-a x quits); print the SSH command."""
     from ci import vm
 
+    port, memory, cpus = (_setting(c, "vm.ssh_port", port, "--port"), _setting(c, "vm.memory", memory, "--memory"),
+                          _setting(c, "vm.cpus", cpus, "--cpus"))
     spec = vm.prepare_vm(_path(c, image, c.vm.image), None if without_seed else _path(c, seed, c.vm.seed),
-                         host=c.vm.host, port=int(port or c.vm.ssh_port), memory=int(memory or c.vm.memory),
-                         cpus=int(cpus or c.vm.cpus), want_kvm=kvm, cpu=c.vm.cpu)
+                         host=c.vm.host, port=port, memory=memory, cpus=cpus, want_kvm=kvm, cpu=c.vm.cpu)
     say(vm.ssh_command(c.vm.user, spec.ssh_host, spec.ssh_port))
     vm.start(spec)
 
@@ -481,7 +496,8 @@ def pull_vm(c, source, to=None, insecure=False):
     from ci import vm
 
     directory = Path(to).absolute() if to else _path(c, None, c.vm.image).parent
-    pulled = vm.pull_vm(source, directory, insecure=insecure)
+    with files.output(directory, "directory", "--to") as directory:
+        pulled = vm.pull_vm(source, directory, insecure=insecure)
     say(pulled.artifact.pinned)
     for layer, path in zip(pulled.artifact.layers, pulled.files, strict=True):
         say(f"{path} {layer.digest} verified")
@@ -507,7 +523,7 @@ def _trusted_keys(c, public_key=None):
 
 def _substituter(c, reference):
     """The registry-hosted binary cache a build substitutes from, pulled for the build; None without one."""
-    reference = reference or c.bundle.substituter
+    reference = _setting(c, "bundle.substituter", reference, "--substituter")
     if not reference:
         return contextlib.nullcontext(None)
     from ci import bundles
@@ -535,10 +551,11 @@ def bundle_key(c, name=None, force=False):
     """Generate the key pair that signs bundles (bundle.secret_key, bundle.public_key), outside the repository."""
     from ci import bundles
 
-    pair = bundles.generate_key(builder=c.builder.base, name=name or c.bundle.key_name or bundles.default_key_name(),
-                                  secret=_key_path(c, None, c.bundle.secret_key),
-                                  public=_key_path(c, None, c.bundle.public_key), force=force,
-                                  project=Path(c.project.root or HERE))
+    name = _setting(c, "bundle.key_name", name, "--name") or bundles.default_key_name()
+    secret, public = _key_path(c, None, c.bundle.secret_key), _key_path(c, None, c.bundle.public_key)
+    with files.output(secret, "file", "bundle.secret_key") as secret, files.output(public, "file", "bundle.public_key") as public:
+        pair = bundles.generate_key(builder=c.builder.base, name=name, secret=secret, public=public, force=force,
+                                    project=Path(c.project.root or HERE))
     say(f"{pair.secret} secret key: keep it private")
     say(f"{pair.public} {pair.public_key}")
 
@@ -555,10 +572,13 @@ def bundle(c, expression=None, attr=None, output=None, secret_key=None, compress
     """Build the runner in the builder container; write one signed bundle: its binary cache and result link."""
     from ci import bundles
 
-    made = bundles.make_bundle(Path(c.project.root or HERE), builder=c.builder.base,
-                                 expression=expression or c.bundle.expression, attr=attr or c.bundle.attr,
-                                 pkgs=c.web.pkgs, secret_key=_key_path(c, secret_key, c.bundle.secret_key),
-                                 output=_path(c, output, c.bundle.output), compression=compression or c.bundle.compression)
+    expression, attr, compression = (_setting(c, "bundle.expression", expression, "--expression"),
+                                     _setting(c, "bundle.attr", attr, "--attr"),
+                                     _setting(c, "bundle.compression", compression, "--compression"))
+    with files.output(_path(c, output, c.bundle.output), "file", "--output (bundle.output)") as path:
+        made = bundles.make_bundle(Path(c.project.root or HERE), builder=c.builder.base, expression=expression,
+                                   attr=attr, pkgs=c.web.pkgs, secret_key=_key_path(c, secret_key, c.bundle.secret_key),
+                                   output=path, compression=compression)
     say(f"{made.path} {made.size} bytes {made.store_path} ({len(made.closure)} paths, "
         f"signed by {', '.join(made.cache.signers)})")
 
@@ -610,8 +630,10 @@ def cache_pull(c, source, to=None, insecure=False):
     """Pull a bundle or binary cache artifact, every file checked against its digest; print where it went."""
     from ci import bundles
 
-    pulled = bundles.pull(source, bundle_to=_path(c, to, c.bundle.output), cache_to=_path(c, to, c.bundle.cache_dir),
-                            insecure=insecure)
+    bundle_to, cache_to = _path(c, to, c.bundle.output), _path(c, to, c.bundle.cache_dir)
+    with files.output(bundle_to, "file-or-directory", "--to") as bundle_to, \
+            files.output(cache_to, "file-or-directory", "--to") as cache_to:
+        pulled = bundles.pull(source, bundle_to=bundle_to, cache_to=cache_to, insecure=insecure)
     say(pulled.artifact.pinned)
     say(f"{pulled.path} {pulled.kind}: {len(pulled.contents.narinfos)} paths, {pulled.contents.nar_bytes} bytes of NARs, "
         f"signed by {', '.join(pulled.contents.signers) or 'nobody'}")
@@ -621,7 +643,7 @@ ns = Collection(build_base, build_cache, build_web, verify_reproducible, run_web
                 push, sign_key, verify, sbom, extract, check_nix, workflows, lock,
                 build_vm, cidata, run_vm, push_vm, pull_vm,
                 bundle_key, bundle, build_runner, cache_push, cache_pull)
-ns.configure({
+DEFAULTS = {
     "project": {
         "root": None,  # the build context; None: the directory of this file (nix-ci: the current directory)
     },
@@ -669,7 +691,7 @@ ns.configure({
         "version": None,
     },
     "signing": {
-        # The cosign key pair (ci/signing.py). key: signs every push when set (as --sign-key); keep it out of
+        # The cosign key pair (ci/tools/cosign.py). key: signs every push when set (as --sign-key); keep it out of
         # the repository; its passphrase comes from COSIGN_PASSWORD. public_key: when set, `verify` uses it and
         # every pull of a cache image, substituter or bundle must carry a valid signature by it.
         "key": None,
@@ -717,4 +739,9 @@ ns.configure({
         "runner_image": "nix-runner:latest",  # what build-runner tags
         "substituter": None,  # REGISTRY/NAME:TAG of a binary cache (or bundle) that build-web and build-cache substitute from
     },
-})
+}
+ns.configure(DEFAULTS)
+
+# invoke reads the project's invoke.yaml and the INVOKE_* variables once this file is imported, and casts them with
+# a traceback for a value it cannot take: every one is checked here first (ci/settings.py), flags as each task starts.
+check_settings(DEFAULTS, HERE)

@@ -77,6 +77,7 @@ class BuiltImage:
 @docker.needs_engine("building {base}")
 def build_base(project: Project, builder: BuilderSettings, *, base: str) -> docker.Image:
     """Build nix-base from the builder image, or from a builder made of Debian packages."""
+    project.context_files  # noqa: B018 - a link out of the build context is refused before any work
     source = builder.image or project.default_arg("nix-base", "BUILDER_IMAGE")
     if builder.from_debian:
         from . import debian
@@ -141,6 +142,7 @@ def build_image(project: Project, builder: BuilderSettings, settings: CacheSetti
     """
     if complete and attr != "web":
         raise ConfigError(f"the complete flow builds only the web image, not {attr}", "build it without --complete")
+    project.context_files  # noqa: B018 - a link out of the build context is refused before any work
     cache_image = cache_images.find(project, settings)
     if cache_image is None:
         cache_images.missing(settings)

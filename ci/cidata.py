@@ -22,7 +22,8 @@ from pathlib import Path
 
 from .cloudconfig import check_user_data
 from .core.errors import ConfigError, ToolkitError
-from .core.files import read_input, writable_directory
+from .core.files import output as output_place
+from .core.files import read_input
 from .tools import fat, iso
 
 log = logging.getLogger(__name__)
@@ -132,11 +133,8 @@ def make_seed(
 
 def write_seed(output: Path, contents: Mapping[str, bytes], fmt: str) -> Seed:
     """Make the disk beside `output`, check it, then rename it into place."""
-    output = output.absolute()
-    writable_directory(output.parent)
-    if output.is_dir():
-        raise ConfigError(f"{output} is a directory", "give the seed disk a file name, e.g. build/vm/cidata.img")
-    with tempfile.TemporaryDirectory(prefix=".cidata-", dir=output.parent) as work:
+    with output_place(output, "file", "--output") as output, \
+            tempfile.TemporaryDirectory(prefix=".cidata-", dir=output.parent) as work:
         sources = {}
         for name, data in contents.items():
             source = Path(work) / name

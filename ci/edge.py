@@ -13,7 +13,8 @@ import functools
 import logging
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 from invoke.exceptions import Exit
@@ -59,6 +60,30 @@ def report_errors(function: F) -> F:
                   title)
 
     return wrapper  # type: ignore[return-value]
+
+
+def check_settings(defaults: Mapping[str, Any], project: Path) -> None:
+    """Check the configuration files and INVOKE_* variables invoke is about to read (ci.settings),
+    as tasks.py is imported; a bad one ends invoke with its one line, before any task or --list."""
+    from . import settings
+
+    try:
+        settings.check_sources(defaults, project, runtime=_runtime_file())
+    except ToolkitError as exc:
+        setup_logging()
+        _fail(exc, "invoke")
+
+
+def _runtime_file() -> str | None:
+    """The configuration file given with invoke's -f, when invoke's own program is running (the
+    invoke command, python -m invoke): it has parsed its own flags before it imports tasks.py."""
+    from invoke.main import program
+
+    try:
+        value = program.args.config.value
+    except (AttributeError, IndexError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _fail(exc: ToolkitError, title: str) -> NoReturn:

@@ -16,7 +16,7 @@ from pathlib import Path
 from docker.utils.build import exclude_paths
 
 from .core import process, resources
-from .core.errors import CommandFailed, ConfigError, ToolMissing
+from .core.errors import CommandFailed, ConfigError, ToolMissing, quoted
 from .labels import Settings as LabelSettings
 
 # Tags that carry an image's identity start with this: name:id-<inputs>.
@@ -100,7 +100,9 @@ class Project:
         patterns = [line.strip() for line in ignore.read_text().splitlines()] if ignore.exists() else [".git"]
         patterns = [p for p in patterns if p and not p.startswith("#")]
         included = exclude_paths(str(self.root), patterns)
-        return sorted(p for p in included if not (self.root / p).is_dir() or (self.root / p).is_symlink())
+        files = sorted(p for p in included if not (self.root / p).is_dir() or (self.root / p).is_symlink())
+        _check_links(self.root, files)
+        return files
 
     def digest(self, *extra: str) -> str:
         """sha256 of everything a build reads: the context files and `extra` (Dockerfile, builder ID...)."""
@@ -131,6 +133,29 @@ class OneContainerBuild:
     context_to: str  # where `COPY .` puts the build context
     environment: dict[str, str]  # the stage's ARGs, as its RUN steps see them
     runs: list[str]  # the RUN steps, in order, each for /bin/sh -c
+
+
+def _check_links(root: Path, files: list[str]) -> None:
+    """ConfigError naming the first symbolic link of the build context that leads out of it. The
+    build follows a link inside its container, where a path outside the context is the builder's
+    own file (a page linked to /etc/shadow would serve the builder's), and the identity would not
+    cover what it reads."""
+    real_root = root.resolve()
+    sent = set(files)
+    hint = "the build reads only the build context: copy the file in, or link to a file of the context with a relative path"
+    for relative in files:
+        path = root / relative
+        if not path.is_symlink():
+            continue
+        target = os.readlink(path)
+        resolved = path.resolve()
+        if os.path.isabs(target) or not resolved.is_relative_to(real_root):
+            raise ConfigError(f"{relative} in the build context is a symbolic link to {quoted(target)}, "
+                              f"which is {'an absolute path' if os.path.isabs(target) else 'outside the project'}", hint)
+        inside = str(resolved.relative_to(real_root))
+        if inside not in sent and not any(name.startswith(f"{inside}/") for name in sent):
+            raise ConfigError(f"{relative} in the build context is a symbolic link to {quoted(target)}, "
+                              f"which the build context leaves out (.dockerignore)", hint)
 
 
 @cache  # a build reads the same Dockerfile for its identity, its arguments and its steps

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .core.errors import ConfigError, naming_full_disk
-from .core.files import human_size, writable_directory
+from .core.errors import ConfigError, naming_full_disk, quoted
+from .core.files import check_output, human_size, output
 from .core.refs import Destination, check_tag, parse_destination
 from .project import IDENTITY_PREFIX
 from .tools import docker, skopeo, umoci
@@ -41,7 +41,7 @@ def local_image(image: str, known: list[str]) -> str:
     refuses names it does not know."""
     name, _, tag = image.partition(":")
     if name not in known:
-        raise ConfigError(f"unknown image '{name}'", f"known images: {', '.join(known)}")
+        raise ConfigError(f"unknown image {quoted(name)}", f"known images: {', '.join(known)}")
     ref = f"{name}:{check_tag(tag or 'latest')}"
     docker.require_image(ref, f"build it first: invoke build-{name}")
     return ref
@@ -66,6 +66,9 @@ def push(image: str, targets: list[str], *, insecure: bool = False, options: pub
     options = options or publish.Options(labels.Origin("", "", ""))
     tags = _own_tags(image)
     destinations = [d for t in targets for d in _expand(t, tags)]
+    for destination in destinations:
+        if destination.transport == "oci":
+            check_output(Path(destination.target).absolute(), "oci-layout", "--to oci:")
     publish.check_signable(destinations, options)
     identity = publish.identity_of(tags)
     repositories: dict[str, list[Destination]] = {}
@@ -129,19 +132,17 @@ def extract(image: str, target: str) -> Destination:
     """
     destination = parse_destination(target, allowed=("docker-archive", "oci", "rootfs"),
                                     default_tag=image.rpartition(":")[2])
-    path = Path(destination.target).absolute()
-    if destination.transport in ("docker-archive", "rootfs") and path.exists():
-        raise ConfigError(f"{path} already exists", "remove it or choose another path")
-    writable_directory(path.parent)
+    shape = {"docker-archive": "new-file", "oci": "oci-layout", "rootfs": "new-directory"}[destination.transport]
     source = f"docker-daemon:{image}"
-    with naming_full_disk(path.parent), tempfile.TemporaryDirectory(prefix=".extract-", dir=path.parent) as work:
+    with output(Path(destination.target), shape, f"--to {destination.transport}:") as path, \
+            naming_full_disk(path.parent), tempfile.TemporaryDirectory(prefix=".extract-", dir=path.parent) as work:
         if destination.transport == "docker-archive":
             partial = Path(work) / "image.tar"
             skopeo.copy(source, f"docker-archive:{partial}:{image}", on_line=_progress)
             os.replace(partial, path)
-        elif destination.transport == "oci" and path.exists():
+        elif destination.transport == "oci" and (path / "oci-layout").is_file():
             skopeo.copy(source, f"oci:{path}:{destination.tag}", on_line=_progress)
-        elif destination.transport == "oci":
+        elif destination.transport == "oci":  # new, or an empty directory, which os.replace replaces
             skopeo.copy(source, f"oci:{Path(work) / 'layout'}:{destination.tag}", on_line=_progress)
             os.replace(Path(work) / "layout", path)
         else:

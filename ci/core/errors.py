@@ -99,6 +99,13 @@ class DiskFull(ToolkitError):
 NO_SPACE_HINT = "free space or choose another directory"
 
 
+def quoted(text: str, limit: int = 80) -> str:
+    """`text` as a message quotes it: between quotes, on one line (a newline or other control
+    character is written as an escape, never as itself), cut short past `limit` characters."""
+    shown = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    return f"'{shown[:limit]}...'" if len(shown) > limit else f"'{shown}'"
+
+
 def no_space(exc: BaseException, directory: Path) -> DiskFull | None:
     """The one line for a write under `directory` that found the disk full (ENOSPC, or a program
     saying so), naming the directory; None for any other failure. A write that went to the

@@ -10,19 +10,20 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
-from .errors import BadReference
+from .errors import BadReference, quoted
 
 # The grammar of github.com/distribution/reference, reduced to what we accept.
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
 _LABEL = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
 _DOMAIN = rf"(?:localhost|{_LABEL}(?:\.{_LABEL})*|\[[0-9a-fA-F:]+\])(?::[0-9]+)?"
-_TAG = r"[\w][\w.-]{0,127}"
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _DIGEST = r"sha256:[0-9a-f]{64}"
+# Matched whole (fullmatch): `$` would let a trailing newline through.
 _REFERENCE = re.compile(
-    rf"^(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)"
-    rf"(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?$"
+    rf"(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_COMPONENT}(?:/{_COMPONENT})*)"
+    rf"(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?"
 )
-TAG_PATTERN = re.compile(rf"^{_TAG}$")
+TAG_PATTERN = re.compile(_TAG, re.ASCII)
 
 # How each destination is written, for the message that lists the allowed ones.
 _FORMS = {
@@ -61,10 +62,10 @@ class ImageRef:
 
 def parse_image_ref(text: str, *, need_registry: bool = False) -> ImageRef:
     """Parse `text` as an image reference; BadReference explains what is wrong."""
-    match = _REFERENCE.match(text)
+    match = _REFERENCE.fullmatch(text)
     if not match:
         raise BadReference(
-            f"'{text}' is not a valid image reference",
+            f"{quoted(text)} is not a valid image reference",
             "use lowercase [registry[:port]/]name[:tag][@sha256:digest], e.g. 127.0.0.1:5000/web:1.0",
         )
     domain = match["domain"] or ""
@@ -74,16 +75,16 @@ def parse_image_ref(text: str, *, need_registry: bool = False) -> ImageRef:
         path, domain = f"{domain}/{path}", ""
     if need_registry and not domain:
         raise BadReference(
-            f"'{text}' names no registry",
+            f"{quoted(text)} names no registry",
             "write the registry host first, e.g. 127.0.0.1:5000/web:1.0 or ghcr.io/team/web:1.0",
         )
     return ImageRef(domain, path, match["tag"], match["digest"])
 
 
 def check_tag(tag: str) -> str:
-    if not TAG_PATTERN.match(tag):
+    if not TAG_PATTERN.fullmatch(tag):
         raise BadReference(
-            f"'{tag}' is not a valid tag",
+            f"{quoted(tag)} is not a valid tag",
             "use up to 128 letters, digits, '_', '.' or '-', not starting with '.' or '-'",
         )
     return tag
@@ -136,15 +137,24 @@ def parse_destination(text: str, *, allowed: tuple[str, ...], default_tag: str |
         transport, rest = "docker", text[len("docker://"):]
     if not sep or transport not in allowed or not rest:
         forms = ", ".join(_FORMS[t] for t in allowed)
-        raise BadReference(f"'{text}' is not a destination this task understands", f"use {forms}")
+        raise BadReference(f"{quoted(text)} is not a destination this task understands", f"use {forms}")
     if transport == "docker":
         ref = parse_image_ref(rest, need_registry=True)
         if ref.digest:
-            raise BadReference(f"'{text}' pins a digest", "push to a tag; the digest is printed after the push")
+            raise BadReference(f"{quoted(text)} pins a digest", "push to a tag; the digest is printed after the push")
         if not ref.tag and default_tag:
             ref = ref.with_tag(default_tag)
         return Destination("docker", str(ref))
     if transport == "oci":
         path, _, tag = rest.partition(":")
+    else:
+        path, tag = rest, ""
+    if not path:
+        what = "file" if transport == "docker-archive" else "directory"
+        raise BadReference(f"{quoted(text)} names no {what}", f"use {_FORMS[transport]}, e.g. {transport}:build/web")
+    if not path.isprintable():
+        raise BadReference(f"{quoted(text)} names a path with a control character (a newline?)",
+                           f"use {_FORMS[transport]} with a path on one line")
+    if transport == "oci":
         return Destination("oci", path, check_tag(tag or default_tag or "latest"))
-    return Destination(transport, rest)
+    return Destination(transport, path)

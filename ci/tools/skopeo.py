@@ -238,4 +238,14 @@ def _explain(exc: CommandFailed, name: str) -> Exception:
     if full:
         return DiskFull(f"no space left on device{f' writing {full[1]}' if full[1] else ''}", NO_SPACE_HINT)
     explained = registry.from_text(text, registry=registry_of(name) or name, name=name)
-    return explained or CommandFailed(exc.message, argv=exc.argv, exit_code=exc.returncode, output=text)
+    if explained:
+        return explained
+    # skopeo's last word is `time=… level=fatal msg="…"`: that message, once, and the lines before it above.
+    fatal = re.search(r'level=fatal msg="((?:[^"\\]|\\.)*)"', text)
+    if fatal is None:
+        return CommandFailed(exc.message, argv=exc.argv, exit_code=exc.returncode, output=text)
+    said = fatal[1].replace('\\"', '"').replace("\\\\", "\\")
+    before = "".join(line for line in text.splitlines(keepends=True) if "level=fatal" not in line)
+    hint = "check the source and the destination" + ("; skopeo's output is above" if before.strip() else "")
+    return CommandFailed(f"skopeo failed: {said}", hint,
+                         argv=exc.argv, exit_code=exc.returncode, output=before)

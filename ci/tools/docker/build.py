@@ -141,9 +141,9 @@ class _BuildProgress:
         """Remove what the build made: the container of the step under way (the engine
         would remove it too, but later), then the intermediate images."""
         if self.running:
-            _quietly(lambda: client().api.remove_container(self.running, force=True))
+            _quietly(lambda: client().api.remove_container(self.running, force=True), container=self.running)
         for image in reversed(self.created):
-            _quietly(lambda image=image: client().api.remove_image(image))
+            _quietly(lambda image=image: client().api.remove_image(image), image=image)
 
 
 # The classic builder's bookkeeping lines, shown only with debug logging.

@@ -64,13 +64,24 @@ def _timestamp(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def _quietly(action: Any) -> bool:
-    """Run a cleanup step; False when it failed. An engine that went away fails it too: the
-    failure that caused the cleanup is the one to report (and the next build sweeps)."""
+def _quietly(action: Any, *, container: str | None = None, image: str | None = None) -> bool:
+    """Run a cleanup step; False when it failed. The failure that caused the cleanup stays the one
+    reported, but what the step leaves behind does not go unsaid: a `container` or `image` that
+    could not be removed is named in one warning line, with the command that removes it. Something
+    already gone is no failure. An engine that went away fails the step too (the next build sweeps)."""
     try:
         action()
+    except docker.errors.NotFound:
+        return True
     except (docker.errors.DockerException, requests.RequestException) as exc:
-        log.debug("cleanup failed: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        reason = str(getattr(exc, "explanation", None) or exc).strip()
+        reason = reason.splitlines()[0][:200] if reason else type(exc).__name__
+        if container or image:
+            what, command = (f"container {container}", f"docker rm -f {container}") if container else \
+                (f"image {image}", f"docker rmi {image}")
+            log.warning("warning: could not remove the %s (%s); it is left behind: `%s` removes it", what, reason, command)
+        else:
+            log.debug("cleanup failed: %s", reason)
         return False
     return True
 

@@ -44,7 +44,7 @@ def run_detached(image: str, *, name: str, ports: Mapping[str, tuple[str, int]],
     try:
         client().api.start(container)
     except docker.errors.APIError as exc:
-        _quietly(lambda: client().api.remove_container(container, force=True))
+        _quietly(lambda: client().api.remove_container(container, force=True), container=container)
         raise _api_error(exc, f"cannot start container {name}") from None
     return str(container)
 
@@ -163,11 +163,11 @@ def one_off_container(image: str, command: list[str], *, files: bytes | None = N
     except docker.errors.APIError as exc:
         raise _api_error(exc, f"cannot create a container of {image}") from None
     except KeyboardInterrupt:
-        _quietly(lambda: api.remove_container(container, force=True))
+        _quietly(lambda: api.remove_container(container, force=True), container=container)
         raise
     try:
         if files is not None and not api.put_archive(container, "/", files):
             raise ToolkitError(f"cannot copy the build inputs into a container of {image}")
         yield OneOffContainer(container)
     finally:
-        _quietly(lambda: api.remove_container(container, force=True))
+        _quietly(lambda: api.remove_container(container, force=True), container=container)

@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import re
 import tarfile
 import tempfile
 import threading
@@ -26,6 +27,7 @@ import urllib3.exceptions
 
 from ...core.errors import (
     BuildFailed,
+    ConfigError,
     ToolkitError,
 )
 from ...core.files import human_size
@@ -70,8 +72,8 @@ def stream_into_load(image: str, command: list[str], *, known_chains: set[str], 
                 api.create_container(image, command=channel.command(command), environment=dict(environment or {}),
                                      labels={LABEL: "stream"}, name=container,
                                      host_config=api.create_host_config(binds=channel.binds))
-            if files is not None and not api.put_archive(container, "/", files):
-                raise ToolkitError(f"cannot copy the build context into a container of {image[:19]}")
+            if files is not None:
+                _put_context(container, files, image)
             output = _Counted(channel.open(container))
             stderr = _Stderr(container)
 
@@ -105,7 +107,26 @@ def stream_into_load(image: str, command: list[str], *, known_chains: set[str], 
         except docker.errors.APIError as exc:
             raise _api_error(exc, "loading the image into Docker failed") from None
         finally:
-            _quietly(lambda: api.remove_container(container, force=True))
+            _quietly(lambda: api.remove_container(container, force=True), container=container)
+
+
+def _put_context(container: str, files: IO[bytes], image: str) -> None:
+    """The build context into the container, over what its image has at the same place (COPY's rule)."""
+    try:
+        if client().api.put_archive(container, "/", files):
+            return
+        text = ""
+    except docker.errors.APIError as exc:
+        text = str(exc.explanation or exc)
+    # The engine unpacks the context over the image's files: a directory where the image has a
+    # file (a page made a directory, over the copy of the project the cache image holds) fails.
+    clash = re.search(r"open (/\S+?)/[^/\s]+: not a directory", text)
+    if clash:
+        raise ConfigError(f"{clash[1]} is a directory in the build context, but a file in the image {image[7:19]} "
+                          "the context is copied over", "make it a file again (a page is one file), or build "
+                          "the cache image anew from this project (invoke build-cache)")
+    raise ToolkitError(f"cannot copy the build context into a container of {image[7:19]}"
+                       f"{': ' + text.splitlines()[0][:200] if text else ''}")
 
 
 class _Counted:
