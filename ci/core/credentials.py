@@ -1,4 +1,4 @@
-"""Registry credentials: the one place that reads them.
+"""Credentials: the one place that reads them (registries; the remote builders' SSH key).
 
 CI jobs that hold a token set REGISTRY_USERNAME and REGISTRY_PASSWORD; every
 tool gets them from `for_registry`, never from the environment itself. They
@@ -37,3 +37,13 @@ def for_registry(registry: str) -> Credentials | None:  # noqa: ARG001 - one pai
 def login_hint(registry: str) -> str:
     """What to do when `registry` refused the credentials, whichever tool was speaking to it."""
     return f"log in with `docker login {registry}` or set {USERNAME_VARIABLE} and {PASSWORD_VARIABLE}"
+
+
+# The SSH private key for Nix's remote builders (ci.remote), when no key file is configured.
+BUILDERS_KEY_VARIABLE = "NIX_CI_BUILDERS_SSH_KEY"
+
+
+def builders_ssh_key() -> bytes | None:
+    """The remote builders' SSH private key from the environment (a CI secret); None when unset."""
+    value = os.environ.get(BUILDERS_KEY_VARIABLE, "")
+    return value.encode() if value.strip() else None
