@@ -79,6 +79,16 @@ def _remote(c, builders=None, key=None, remote_only=False, fallback_local=False)
         fallback=fallback_local or c.remote.fallback, network=c.remote.network)
 
 
+def _share(c, reference):
+    """Where build-web shares the store paths it added (ci.remote.Share); None: nowhere."""
+    reference = reference or c.remote.share
+    if not reference:
+        return None
+    from ci import bundles, remote
+
+    return remote.Share(reference, bundles.read_secret_key(_key_path(c, None, c.bundle.secret_key)))
+
+
 SUBSTITUTER_HELP = ("a binary cache or bundle in a registry (REGISTRY/NAME:TAG, as cache-push wrote it) to substitute "
                     "built paths from, checked against bundle.public_key (default bundle.substituter)")
 
@@ -111,15 +121,18 @@ def build_cache(c, from_debian=False, tool=None, refresh_builder=False, suite=No
                   "(default builder.registry)",
     "substituter": SUBSTITUTER_HELP,
     **REMOTE_HELP,
+    "share": "after the build, push the store paths it added, signed with bundle.secret_key, to this registry "
+             "binary cache (REGISTRY/NAME:TAG, as cache-push writes; default remote.share) for the next --substituter",
 })
 @report_errors
 def build_web(c, complete=False, cache_from=None, substituter=None, builders=None, builders_key=None,
-              remote_only=False, fallback_local=False):
+              remote_only=False, fallback_local=False, share=None):
     """Build the web image and load it into Docker as web:<tag> and web:latest."""
     remote = _remote(c, builders, builders_key, remote_only, fallback_local)
+    shared = _share(c, share)
     with _substituter(c, substituter) as pulled:
         image = build.build_web(_project(c), _builder(c), _cache(c, cache_from), name=c.web.name, complete=complete,
-                                substituter=pulled, attr=c.web.attr, remote=remote)
+                                substituter=pulled, attr=c.web.attr, remote=remote, share=shared)
     for tag in image.tags:
         say(f"{tag} {image.id}")
     github.report("build-web", github.built(c.web.name, image))
@@ -634,5 +647,6 @@ ns.configure({
         "local_builds": True,  # False: max-jobs = 0, every derivation is built remotely (--remote-only)
         "fallback": False,  # when no builder answers: True builds here, False fails (--fallback-local)
         "network": None,  # the build container's network: None (the engine's default), or host (builders on loopback)
+        "share": None,  # REGISTRY/NAME:TAG: build-web pushes the store paths it added there (--share), signed
     },
 })

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -31,7 +32,7 @@ from .tools import docker
 
 if TYPE_CHECKING:  # ci.bundles loads oras; builds without a substituter do not need it
     from .bundles import Substituter
-    from .remote import RemoteBuilders
+    from .remote import RemoteBuilders, Share
     from .reproducible import Verdict
     from .transfer import Pushed
 
@@ -133,26 +134,27 @@ def publish_cache(project: Project, settings: CacheSettings, namespace: str) -> 
 
 def build_web(project: Project, builder: BuilderSettings, settings: CacheSettings, *,
               name: str, complete: bool, substituter: Substituter | None = None, attr: str = "web",
-              remote: RemoteBuilders | None = None) -> BuiltImage:
+              remote: RemoteBuilders | None = None, share: Share | None = None) -> BuiltImage:
     """build-web: the web image, by the load flow or the complete flow."""
     return build_image(project, builder, settings, name=name, attr=attr, complete=complete, substituter=substituter,
-                       remote=remote)
+                       remote=remote, share=share)
 
 
 @docker.needs_engine("building {name}")
 def build_image(project: Project, builder: BuilderSettings, settings: CacheSettings, *,
                 name: str, attr: str, complete: bool = False, substituter: Substituter | None = None,
-                remote: RemoteBuilders | None = None) -> BuiltImage:
+                remote: RemoteBuilders | None = None, share: Share | None = None) -> BuiltImage:
     """Build the image `attr` of the images file on top of the cache image, unless one with the same inputs exists.
 
     Only the load flow builds images other than web (services). Tags:
     name:id-<inputs> (the image enters the engine with it), name:<date>, then
     name:latest, last, once everything else succeeded. `remote` (ci.remote)
-    builds its derivations elsewhere; it is no input: the same inputs give the same image.
+    builds its derivations elsewhere; it is no input: the same inputs give the same image. `share`
+    pushes the store paths the build added to a registry's binary cache (load flow).
     """
     if complete and attr != "web":
         raise ConfigError(f"the complete flow builds only the web image, not {attr}", "build it without --complete")
-    if complete and remote is not None:
+    if complete and (remote is not None or share is not None):
         raise ConfigError(REMOTE_DOCKER_BUILD.format(what="the complete flow (--complete)"), REMOTE_HINT)
     cache_image = cache_images.find(project, settings)
     if cache_image is None:
@@ -167,7 +169,7 @@ def build_image(project: Project, builder: BuilderSettings, settings: CacheSetti
     if image is not None:
         log.info("%s is up to date: nothing it is built from has changed", tags[0])
     else:
-        image = _build_image(project, name, dockerfile, args, substituter, tag=tags[0], remote=remote)
+        image = _build_image(project, name, dockerfile, args, substituter, tag=tags[0], remote=remote, share=share)
     for tag in tags:  # latest last
         if tag not in image.tags:
             docker.tag(image.id, tag)
@@ -195,17 +197,17 @@ def verify_reproducible(project: Project, settings: CacheSettings, *, name: str,
 
 def _build_image(project: Project, name: str, dockerfile: str, args: dict[str, str],
                  substituter: Substituter | None = None, *, tag: str, nocache: bool = False,
-                 remote: RemoteBuilders | None = None) -> docker.Image:
+                 remote: RemoteBuilders | None = None, share: Share | None = None) -> docker.Image:
     """One build of either flow; the image enters the engine tagged `tag`, never untagged or under a temporary name."""
     if dockerfile == "web-complete":
         built = _build(project, dockerfile, labels={docker.LABEL: "web"}, substituter=substituter, nocache=nocache, **args)
         return docker.normalised(built.id, tag)
-    return _stream_out(project, name, args, substituter, tag=tag, nocache=nocache, remote=remote)
+    return _stream_out(project, name, args, substituter, tag=tag, nocache=nocache, remote=remote, share=share)
 
 
-# Remote builders need the SSH key in the build's container; docker build would keep it in a layer.
-REMOTE_DOCKER_BUILD = ("remote builders cannot be used by {what}: its Nix runs in docker build steps, whose layers "
-                       "and history would keep the SSH key")
+# Remote builders (and sharing) need a key in the build's container; docker build would keep it in a layer.
+REMOTE_DOCKER_BUILD = ("remote builders and --share cannot be used by {what}: its Nix runs in docker build steps, "
+                       "whose layers and history would keep the SSH or signing key")
 REMOTE_HINT = ("build without remote builders there; they serve build-web's load flow (web.Dockerfile as shipped), "
                "build-cache, bundle and build-vm")
 
@@ -216,7 +218,7 @@ STREAM = "/result"
 
 def _stream_out(project: Project, name: str, args: dict[str, str],
                 substituter: Substituter | None = None, *, tag: str, nocache: bool = False,
-                remote: RemoteBuilders | None = None) -> docker.Image:
+                remote: RemoteBuilders | None = None, share: Share | None = None) -> docker.Image:
     """The load flow: Nix builds the image's stream script (web.Dockerfile), whose
     output streams into the engine as `tag`.
 
@@ -229,7 +231,7 @@ def _stream_out(project: Project, name: str, args: dict[str, str],
     """
     known, accept = docker.known_chains(name), lambda named: _check_named(named, name)
     steps = project.one_container_build("web", project.buildargs("web", **_with_substituter(args, substituter)))
-    if steps is None and remote is not None:
+    if steps is None and (remote is not None or share is not None):
         raise ConfigError(REMOTE_DOCKER_BUILD.format(what=f"{project.dockerfile('web')}, which one container cannot run"),
                           "keep web.Dockerfile to ARG steps, `COPY . /DIR` and RUN steps on one FROM, or " + REMOTE_HINT)
     if steps is None:
@@ -241,19 +243,36 @@ def _stream_out(project: Project, name: str, args: dict[str, str],
     extra = substituter.context() if substituter is not None else {}
     remote = _remote_checked(remote, steps.image)
     # Each RUN step as the classic builder runs it; their output goes to stderr, as stdout carries the image.
-    # The remote builders' key and settings go before the image is written.
-    forget = f"{remote.forget()}; " if remote is not None else ""
-    script = f'for step in "$@"; do /bin/sh -c "$step" >&2 || exit; done; {forget}exec {STREAM}'
-    with docker.context_archive(project.root, project.context_files, under=steps.context_to, extra=extra) as files:
+    script = f'for step in "$@"; do /bin/sh -c "$step" >&2 || exit; done; exec {STREAM}'
+    if remote is None and share is None:
+        with docker.context_archive(project.root, project.context_files, under=steps.context_to, extra=extra) as files:
+            try:
+                return docker.stream_into_load(steps.image, ["/bin/sh", "-c", script, "web.Dockerfile", *steps.runs],
+                                               known_chains=known, tag=tag, accept=accept, files=files,
+                                               environment=steps.environment,
+                                               describe=f"web.Dockerfile's RUN steps, then {STREAM}")
+            except BuildFailed as exc:
+                raise _nix_failure(exc, "web") from None
+    from . import remote as remote_builders  # loaded only with remote builders or sharing
+
+    # The keys (ci.remote) are gone before the image is written; what the build added is shared first.
+    script = (f'{share.before() + "; " if share else ""}for step in "$@"; do /bin/sh -c "$step" >&2 || exit; done; '
+              f'{share.after() + "; " if share else ""}{remote_builders.FORGET}; exec {STREAM}')
+    private = {**(remote.contents() if remote else {}), **(share.contents() if share else {})}
+    with docker.context_archive(project.root, project.context_files, under=steps.context_to, extra=extra) as files, \
+            tempfile.TemporaryDirectory(prefix="nix-ci-share-") as shared:
         try:
-            return docker.stream_into_load(steps.image, ["/bin/sh", "-c", script, "web.Dockerfile", *steps.runs],
-                                           known_chains=known, tag=tag, accept=accept, files=files,
-                                           environment={**steps.environment, **(remote.environment() if remote else {})},
-                                           private_files=remote.files() if remote is not None else None,
-                                           network=remote.network if remote is not None else None,
-                                           describe=f"web.Dockerfile's RUN steps, then {STREAM}")
+            image = docker.stream_into_load(
+                steps.image, ["/bin/sh", "-c", script, "web.Dockerfile", *steps.runs], known_chains=known, tag=tag,
+                accept=accept, files=files, environment={**steps.environment, **(remote.environment() if remote else {})},
+                private_files=remote_builders.private_files(private), network=remote.network if remote else None,
+                binds={shared: remote_builders.SHARE_DIRECTORY} if share else None,
+                describe=f"web.Dockerfile's RUN steps, then {STREAM}")
         except BuildFailed as exc:
             raise _nix_failure(exc, "web") from None
+        if share is not None:
+            share.push(Path(shared))
+        return image
 
 
 

@@ -212,24 +212,13 @@ class RemoteBuilders:
                   "  BatchMode yes", "  ConnectTimeout 10", "  ServerAliveInterval 15", "  ForwardAgent no"]
         return "\n".join(lines) + "\n"
 
-    def files(self, *, extra: Mapping[str, bytes] = {}) -> bytes:  # noqa: B006 - never changed
-        """A tar archive to unpack at / in the container: DIRECTORY (0700) and its files (0600), root's."""
-        contents = {KEY: self.key, KNOWN_HOSTS: ("\n".join(self.known_hosts) + "\n").encode(),
-                    SSH_CONFIG: self.ssh_config().encode(), NIX_CONF: self.nix_conf().encode(), **extra}
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w") as archive:
-            directory = tarfile.TarInfo(DIRECTORY.lstrip("/"))
-            directory.type, directory.mode = tarfile.DIRTYPE, 0o700
-            archive.addfile(directory)
-            for name, data in contents.items():
-                entry = tarfile.TarInfo(name.lstrip("/"))
-                entry.size, entry.mode = len(data), 0o600
-                archive.addfile(entry, io.BytesIO(data))
-        return buffer.getvalue()
+    def contents(self) -> dict[str, bytes]:
+        """The private files the container gets (see private_files)."""
+        return {KEY: self.key, KNOWN_HOSTS: ("\n".join(self.known_hosts) + "\n").encode(),
+                SSH_CONFIG: self.ssh_config().encode(), NIX_CONF: self.nix_conf().encode()}
 
-    def forget(self) -> str:
-        """The shell command that removes the key and settings once Nix is done with them."""
-        return f"rm -rf {DIRECTORY}"
+    def files(self) -> bytes:
+        return private_files(self.contents())
 
     def environment(self) -> dict[str, str]:
         """Nix reads the settings as its user configuration, and passes ssh the toolkit's SSH config (-F: no other)."""
@@ -247,6 +236,25 @@ class RemoteBuilders:
             raise ConfigError(f"no remote builder builds {system}, the system of this build: {names}",
                               f"name a builder of {system} in remote.builders (--builders)")
         return replace(self, builders=usable)
+
+
+def private_files(contents: Mapping[str, bytes]) -> bytes:
+    """A tar archive to unpack at / in a container: DIRECTORY (0700) and `contents` (path: bytes) in it, each
+    0600 and root's."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as archive:
+        directory = tarfile.TarInfo(DIRECTORY.lstrip("/"))
+        directory.type, directory.mode = tarfile.DIRTYPE, 0o700
+        archive.addfile(directory)
+        for name, data in contents.items():
+            entry = tarfile.TarInfo(name.lstrip("/"))
+            entry.size, entry.mode = len(data), 0o600
+            archive.addfile(entry, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+# The shell command that removes the key and settings once Nix is done with them.
+FORGET = f"rm -rf {DIRECTORY}"
 
 
 def settings(*, builders: str | None, key_file: str | Path | None = None, known_hosts_file: str | Path | None = None,
@@ -530,3 +538,48 @@ def prebuilt(remote: RemoteBuilders, image: str, *, root: Path, context: list[st
             with archive.tar_stream(container.copy_out("/prebuilt")) as tar:
                 tar.extractall(work, filter="data")
             yield Substituter("the remote builders' results", Path(work) / "prebuilt", (public_key,))
+
+
+# --- sharing what a build made through the registry ----------------------------------
+
+SHARE_DIRECTORY = "/.nix-ci-share"  # a directory of this machine, bind-mounted
+SHARE_KEY = f"{DIRECTORY}/share.sec"
+BEFORE = "/tmp/.nix-ci-store-before"
+NIX = "nix --extra-experimental-features nix-command"
+
+
+@dataclass(frozen=True)
+class Share:
+    """After a build, the store paths it added, signed into a binary cache and pushed to `reference`
+    (as cache-push does), for the next runner's --substituter."""
+
+    reference: str
+    secret_key: bytes = field(repr=False)  # bundle.secret_key's content
+
+    def contents(self) -> dict[str, bytes]:
+        return {SHARE_KEY: self.secret_key}
+
+    def before(self) -> str:
+        """Shell: remember the store's valid paths before the build."""
+        return f"{NIX} path-info --all > {BEFORE}"
+
+    def after(self) -> str:
+        """Shell: the valid paths the store lacked before, but derivations (what the image is made of, and what
+        evaluating it built: import from derivation), with their closures, signed into SHARE_DIRECTORY/cache; a
+        failed copy fails the build."""
+        return (f"new=$({NIX} path-info --all | grep -vxF -f {BEFORE} | grep -v '[.]drv$' || :); "
+                f'if [ -n "$new" ]; then {NIX} copy '
+                f'--to "file://{SHARE_DIRECTORY}/cache?compression=zstd&secret-key={SHARE_KEY}" $new >&2 || exit; fi; '
+                f"rm -f {SHARE_KEY}")
+
+    def push(self, directory: Path) -> None:
+        """Push the binary cache the build wrote under `directory` (bind-mounted at SHARE_DIRECTORY)."""
+        cache = directory / "cache"
+        if not any(cache.glob("*.narinfo")):
+            log.info("nothing new to share: every path of the image was in the store already")
+            return
+        from .bundles import push_cache
+
+        artifact = push_cache(self.reference, cache)
+        log.info("shared %d store paths (the new ones and their closures): %s", len(list(cache.glob("*.narinfo"))),
+                 artifact.pinned)

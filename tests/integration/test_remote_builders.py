@@ -118,6 +118,29 @@ def test_a_remote_build_gives_the_image_a_local_build_gives(engine, cache, build
     assert local.stdout.split()[1] == image_id  # built here or there: the same image
 
 
+def test_shared_results_are_what_the_next_runner_substitutes(engine, cache, builder, registry, tmp_path):
+    keys = {"INVOKE_BUNDLE_SECRET_KEY": str(tmp_path / "key.sec"), "INVOKE_BUNDLE_PUBLIC_KEY": str(tmp_path / "key.pub")}
+    made = invoke("bundle-key", "--name", "remotetest-1", env={**TAGS, **keys})
+    assert made.code == 0, made.stderr[-3000:]
+    project = project_copy(tmp_path / "project", page=f"<p>shared {uuid.uuid4()}</p>")
+    shared = f"{registry}/remotetest/shared:{uuid.uuid4().hex[:8]}"
+    first = invoke("build-web", "--remote-only", "--share", shared, env={**settings(builder), **project, **keys})
+    assert first.code == 0, first.stderr[-3000:]
+    assert re.search(r"^shared \d+ store paths \(the new ones and their closures\): ", first.stderr, re.M), first.stderr[-3000:]
+    assert not remote_containers(engine)
+    image_id = first.stdout.split()[1]
+    stream = STREAM_BUILT.search(first.stderr)[0]
+
+    for tag in [line.split()[0] for line in first.stdout.splitlines()]:
+        engine.images.remove(tag)
+    # The next runner: no builders, the shared cache as substituter; it builds none of what was shared.
+    second = invoke("build-web", "--substituter", shared, env={**TAGS, **project, **keys})
+    assert second.code == 0, second.stderr[-3000:]
+    assert f"copying path '{stream}' from 'file:///src/.nix-substituter'" in second.stderr, second.stderr[-3000:]
+    assert "building '" not in second.stderr
+    assert second.stdout.split()[1] == image_id
+
+
 def test_build_vm_builds_on_the_remote_builder(engine, cache, builder, tmp_path):
     public = tmp_path / "id.pub"
     public.write_text("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl t\n")
