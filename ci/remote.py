@@ -287,7 +287,7 @@ def read_key(path: Path | None) -> bytes:
                               f"set remote.ssh_key_file (--builders-key FILE) or {credentials.BUILDERS_KEY_VARIABLE}")
         data, source = found, credentials.BUILDERS_KEY_VARIABLE
     text = data.decode(errors="replace").replace("\r\n", "\n").strip()
-    if not re.match(r"^-----BEGIN [A-Z ]*PRIVATE KEY-----\n", text) or not re.search(r"\n-----END [A-Z ]*PRIVATE KEY-----$", text):
+    if not re.fullmatch(r"-----BEGIN [A-Z ]*PRIVATE KEY-----\n.*\n-----END [A-Z ]*PRIVATE KEY-----", text, re.S):
         raise ConfigError(f"{source} does not hold an SSH private key",
                           "give the private half of the key the builders accept (ssh-keygen -t ed25519 makes one)")
     if "ENCRYPTED" in text or "bcrypt" in _openssh_kdf(text):
@@ -473,13 +473,12 @@ def checked(remote: RemoteBuilders, image: str, *, system: str) -> RemoteBuilder
     with docker.one_off_container(image, command, files=remote.files(), environment=remote.environment(),
                                   network=remote.network) as container:
         finished = container.run(lambda line: log.debug("%s", line))
-    said = answers(remote, finished.stdout)
-    problems = [(a, a.problem()) for a in said]
-    for answer, problem in problems:
+    problems = [(a.builder, a.problem()) for a in answers(remote, finished.stdout)]
+    for _, problem in problems:
         if problem is not None and not isinstance(problem, Unanswered):
             raise problem
-    usable = tuple(a.builder for a, problem in problems if problem is None)
-    for answer, problem in problems:
+    usable = tuple(builder for builder, problem in problems if problem is None)
+    for _, problem in problems:
         if problem is not None and usable:
             log.warning("warning: %s; building on the others", problem.message)
     if usable:

@@ -7,6 +7,7 @@ when the test module ends."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import socket
 import subprocess
@@ -15,6 +16,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import docker.errors
 
 from ci import debian
 from tests.conftest import ROOT
@@ -28,10 +31,8 @@ OVERLAY = ROOT / "tests" / "fixtures" / "remote-builder"
 def image(engine) -> str:
     """The remote builder's image, made from Debian packages when missing."""
     labels = {}
-    try:
+    with contextlib.suppress(docker.errors.ImageNotFound):  # missing: made below
         labels = engine.images.get(IMAGE).labels or {}
-    except Exception:  # noqa: BLE001 - missing: made below
-        pass
     if labels.get(PACKAGES_LABEL) == ",".join(PACKAGES):
         return IMAGE
     sources = debian.apt_sources()
@@ -81,7 +82,7 @@ def free_port() -> int:
 def start(engine, directory: Path) -> RemoteBuilder:
     """A remote builder listening on 127.0.0.1:PORT (the host's network), with a host key made here."""
     host_key = keygen(directory / "host_key", "remote-builder-host")
-    client = keygen(directory / "client_key", "toolkit-test")
+    keygen(directory / "client_key", "toolkit-test")
     port = free_port()
     container = engine.containers.create(image(engine), ["/usr/sbin/sshd", "-D", "-e", "-p", str(port),
                                                          "-o", "ListenAddress=127.0.0.1"],

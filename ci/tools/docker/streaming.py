@@ -67,14 +67,14 @@ def stream_into_load(image: str, command: list[str], *, known_chains: set[str], 
     describe = describe or " ".join(command)
     log.info("running %s in a container of %s and loading what it writes", describe, image[7:19])
     container = f"nix-ci-stream-{uuid.uuid4().hex[:16]}"
+    mounts = {directory: {"bind": inside, "mode": "rw"} for directory, inside in (binds or {}).items()}
     with _output_channel() as channel:
         try:
             with _holding_ctrl_c():  # the engine finishes creating it, so that it is removed below
                 api.create_container(image, command=channel.command(command), environment=dict(environment or {}),
                                      labels={LABEL: "stream"}, name=container,
-                                     host_config=api.create_host_config(
-                                         binds={**channel.binds, **{k: {"bind": v, "mode": "rw"} for k, v in (binds or {}).items()}},
-                                         network_mode=network))
+                                     host_config=api.create_host_config(binds={**channel.binds, **mounts},
+                                                                        network_mode=network))
             if files is not None and not api.put_archive(container, "/", files):
                 raise ToolkitError(f"cannot copy the build context into a container of {image[:19]}")
             if private_files is not None and not api.put_archive(container, "/", private_files):
