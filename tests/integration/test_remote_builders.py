@@ -230,4 +230,4 @@ def test_a_builder_of_another_system(engine, cache, builder, unbuilt):
 
 def test_the_complete_flow_refuses_remote_builders(engine, builder, unbuilt):
     outcome = invoke("build-web", "--complete", env={**unbuilt, **settings(builder)})
-    refused(engine, builder, outcome, "remote builders cannot be used by the complete flow", "SSH key")
+    refused(engine, builder, outcome, "cannot be used by the complete flow", "SSH or signing key")
