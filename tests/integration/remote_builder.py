@@ -98,17 +98,25 @@ def start(engine, directory: Path) -> RemoteBuilder:
             entry = tarfile.TarInfo(name)
             entry.size, entry.mode = len(data), 0o600
             archive.addfile(entry, io.BytesIO(data))
-    container.put_archive("/", files.getvalue())
-    container.start()
+    try:
+        container.put_archive("/", files.getvalue())
+        container.start()
+        _wait_for_ssh(container, port)
+    except BaseException:
+        container.remove(force=True)
+        raise
+    return RemoteBuilder(container, port, host_key, directory / "client_key")
+
+
+def _wait_for_ssh(container, port: int) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=1) as connection:
                 if connection.recv(4).startswith(b"SSH-"):
-                    break
+                    return
         except OSError:
             pass
         if time.monotonic() > deadline:
             raise RuntimeError(f"the remote builder's sshd did not answer: {container.logs().decode()[-500:]}")
         time.sleep(0.2)
-    return RemoteBuilder(container, port, host_key, directory / "client_key")
