@@ -84,20 +84,59 @@ def _public_key(c, key=None):
     return _key_path(c, key, configured) if configured else None
 
 
+REMOTE_HELP = {
+    "builders": "remote builders in Nix's builders syntax, ';'-separated: 'ssh-ng://USER@HOST[:PORT] SYSTEMS - "
+                "MAX-JOBS SPEED FEATURES' (default remote.builders); their host keys must be pinned (remote.known_hosts)",
+    "builders_key": "the builders' SSH private key file (default remote.ssh_key_file, else the NIX_CI_BUILDERS_SSH_KEY "
+                    "variable)",
+    "remote_only": "build nothing here, every derivation on the builders: max-jobs = 0 (default: not remote.local_builds)",
+    "fallback_local": "when no builder answers, build here instead of failing (default remote.fallback)",
+}
+
+
+def _remote(c, builders=None, key=None, remote_only=False, fallback_local=False):
+    """The remote builders (ci.remote) from the flags and the remote configuration; None without any."""
+    spec = builders or c.remote.builders
+    if not spec:
+        if remote_only or key:
+            raise ConfigError("--remote-only and --builders-key need remote builders", "name them with --builders "
+                              "or remote.builders")
+        return None
+    from ci import remote
+
+    configured = c.remote.ssh_key_file
+    return remote.settings(
+        builders=spec, key_file=_key_path(c, key, configured) if key or configured else None,
+        known_hosts_file=_key_path(c, None, c.remote.known_hosts) if c.remote.known_hosts else None,
+        host_keys=c.remote.host_keys, local_builds=not remote_only and c.remote.local_builds,
+        fallback=fallback_local or c.remote.fallback, network=c.remote.network)
+
+
+def _share(c, reference):
+    """Where build-web shares the store paths it added (ci.remote.Share); None: nowhere."""
+    reference = reference or c.remote.share
+    if not reference:
+        return None
+    from ci import bundles, remote
+
+    return remote.Share(reference, bundles.read_secret_key(_key_path(c, None, c.bundle.secret_key)))
+
+
 SUBSTITUTER_HELP = ("a binary cache or bundle in a registry (REGISTRY/NAME:TAG, as cache-push wrote it) to substitute "
                     "built paths from, checked against bundle.public_key (default bundle.substituter)")
 
 
 @task(help={**BUILDER_HELP, "push": "also push nix-base and nix-cache to this namespace (REGISTRY/PATH), "
                                      "tagged by date, by package set (pkgs-<hash>) and latest",
-            "substituter": SUBSTITUTER_HELP, "sign_key": f"with --push, {SIGN_KEY_HELP}"})
+            "substituter": SUBSTITUTER_HELP, "sign_key": f"with --push, {SIGN_KEY_HELP}", **REMOTE_HELP})
 @report_errors
 def build_cache(c, from_debian=False, tool=None, refresh_builder=False, suite=None, push=None, substituter=None,
-                sign_key=None):
+                sign_key=None, builders=None, builders_key=None, remote_only=False, fallback_local=False):
     """Build nix-base, then nix-cache: the builder with tools and the web closure pre-built."""
     builder, cache = _builder(c, from_debian, tool, refresh_builder, suite), _cache(c)
+    remote = _remote(c, builders, builders_key, remote_only, fallback_local)
     with _substituter(c, substituter) as pulled:
-        image = build.build_cache(_project(c), builder, cache, substituter=pulled)
+        image = build.build_cache(_project(c), builder, cache, substituter=pulled, remote=remote)
     say(f"{c.builder.cache} {image.id}")
     github.report("build-cache", github.built(c.builder.cache, image))
     if push:  # publish only what works: a web build on the new cache first
@@ -115,14 +154,20 @@ def build_cache(c, from_debian=False, tool=None, refresh_builder=False, suite=No
     "cache-from": "namespace (REGISTRY/PATH) to pull nix-cache from when there is no local one "
                   "(default builder.registry)",
     "substituter": SUBSTITUTER_HELP,
+    **REMOTE_HELP,
+    "share": "after the build, push the store paths it added, signed with bundle.secret_key, to this registry "
+             "binary cache (REGISTRY/NAME:TAG, as cache-push writes; default remote.share) for the next --substituter",
 })
 @report_errors
-def build_web(c, complete=False, cache_from=None, substituter=None):
+def build_web(c, complete=False, cache_from=None, substituter=None, builders=None, builders_key=None,
+              remote_only=False, fallback_local=False, share=None):
     """Build the web image and load it into Docker as web:<tag> and web:latest."""
     builder, cache = _builder(c), _cache(c, cache_from)
+    remote = _remote(c, builders, builders_key, remote_only, fallback_local)
+    shared = _share(c, share)
     with _substituter(c, substituter) as pulled:
         image = build.build_web(_project(c), builder, cache, name=c.web.name, complete=complete, substituter=pulled,
-                                attr=c.web.attr)
+                                attr=c.web.attr, remote=remote, share=shared)
     for tag in image.tags:
         say(f"{tag} {image.id}")
     github.report("build-web", github.built(c.web.name, image))
@@ -385,9 +430,11 @@ def _path(c, flag, configured):
     "disk_size": "disk size in MiB, or auto (default vm.disk_size, 8192)",
     "output": "where to write the qcow2 (default vm.image, build/vm/nixos.qcow2)",
     "kvm": "give the build's VM /dev/kvm when usable (default); --no-kvm builds with TCG emulation, much slower",
+    **REMOTE_HELP,
 })
 @report_errors
-def build_vm(c, ssh_key=None, ssh_key_file=None, hostname=None, disk_size=None, output=None, kvm=True):
+def build_vm(c, ssh_key=None, ssh_key_file=None, hostname=None, disk_size=None, output=None, kvm=True, builders=None,
+             builders_key=None, remote_only=False, fallback_local=False):
     """Build the NixOS VM image (qcow2) in the builder container; print its path and size."""
     from ci import vm
 
@@ -403,7 +450,8 @@ def build_vm(c, ssh_key=None, ssh_key_file=None, hostname=None, disk_size=None, 
     accel = qemu.acceleration(kvm)
     with files.output(_path(c, output, c.vm.image), "file", "--output (vm.image)") as path:
         built = vm.build_vm(Path(c.project.root or HERE), builder=c.builder.base, expression=c.vm.expression,
-                            pkgs=c.web.pkgs, vm_settings=settings, output=path, accel=accel)
+                            pkgs=c.web.pkgs, vm_settings=settings, output=path, accel=accel,
+                            remote=_remote(c, builders, builders_key, remote_only, fallback_local))
     say(f"{built.path} {built.size} bytes ({built.virtual_size} bytes virtual)")
 
 
@@ -566,9 +614,11 @@ def bundle_key(c, name=None, force=False):
     "output": "where to write the tarball (default bundle.output, build/bundle/closure.tar)",
     "secret_key": "the secret key file to sign with (default bundle.secret_key)",
     "compression": "NAR compression: zstd (default bundle.compression), xz, bzip2 or none",
+    **REMOTE_HELP,
 })
 @report_errors
-def bundle(c, expression=None, attr=None, output=None, secret_key=None, compression=None):
+def bundle(c, expression=None, attr=None, output=None, secret_key=None, compression=None, builders=None,
+           builders_key=None, remote_only=False, fallback_local=False):
     """Build the runner in the builder container; write one signed bundle: its binary cache and result link."""
     from ci import bundles
 
@@ -578,7 +628,8 @@ def bundle(c, expression=None, attr=None, output=None, secret_key=None, compress
     with files.output(_path(c, output, c.bundle.output), "file", "--output (bundle.output)") as path:
         made = bundles.make_bundle(Path(c.project.root or HERE), builder=c.builder.base, expression=expression,
                                    attr=attr, pkgs=c.web.pkgs, secret_key=_key_path(c, secret_key, c.bundle.secret_key),
-                                   output=path, compression=compression)
+                                   output=path, compression=compression,
+                                   remote=_remote(c, builders, builders_key, remote_only, fallback_local))
     say(f"{made.path} {made.size} bytes {made.store_path} ({len(made.closure)} paths, "
         f"signed by {', '.join(made.cache.signers)})")
 
@@ -738,6 +789,18 @@ DEFAULTS = {
         "trusted_keys": None,  # more public keys to trust (NAME:KEY, space-separated, or a list)
         "runner_image": "nix-runner:latest",  # what build-runner tags
         "substituter": None,  # REGISTRY/NAME:TAG of a binary cache (or bundle) that build-web and build-cache substitute from
+    },
+    "remote": {
+        # Nix remote builders for build-web, build-cache, bundle and build-vm (ci/remote.py), in Nix's builders
+        # syntax, ';'-separated: "ssh-ng://USER@HOST[:PORT] SYSTEMS - MAX-JOBS SPEED FEATURES". None: build here.
+        "builders": None,
+        "ssh_key_file": None,  # their SSH private key; None: the NIX_CI_BUILDERS_SSH_KEY variable. Keep it out of the repo
+        "known_hosts": None,  # a known_hosts file pinning their host keys (ssh-keyscan's lines), relative to the project
+        "host_keys": None,  # known_hosts lines too: a list, or one string with a line per key
+        "local_builds": True,  # False: max-jobs = 0, every derivation is built remotely (--remote-only)
+        "fallback": False,  # when no builder answers: True builds here, False fails (--fallback-local)
+        "network": None,  # the build container's network: None (the engine's default), or host (builders on loopback)
+        "share": None,  # REGISTRY/NAME:TAG: build-web pushes the store paths it added there (--share), signed
     },
 }
 ns.configure(DEFAULTS)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +35,7 @@ if TYPE_CHECKING:  # ci.bundles loads oras; builds without a substituter do not 
 
     from .bundles import Substituter
     from .publish import Options as PushOptions
+    from .remote import RemoteBuilders, Share
     from .reproducible import Verdict
     from .transfer import Pushed
 
@@ -104,12 +106,23 @@ def build_base(project: Project, builder: BuilderSettings, *, base: str) -> dock
 
 @docker.needs_engine("building {settings.cache}")
 def build_cache(project: Project, builder: BuilderSettings, settings: CacheSettings, *,
-                substituter: Substituter | None = None) -> docker.Image:
-    """build-cache: nix-base, then nix-cache on top of it."""
+                substituter: Substituter | None = None, remote: RemoteBuilders | None = None) -> docker.Image:
+    """build-cache: nix-base, then nix-cache on top of it. With `remote` (ci.remote), the cache's closure is
+    built on the remote builders first, in a container the toolkit runs, and docker build substitutes it:
+    the SSH key never enters a docker build."""
+    if remote is not None and substituter is not None:
+        raise ConfigError("build-cache takes remote builders or a substituter, not both",
+                          "drop --substituter: the remote builders substitute from their own caches")
     base = build_base(project, builder, base=settings.base)
     log.info("building %s from %s", settings.cache, settings.base)
-    return _build(project, "nix-cache", tag=settings.cache, substituter=substituter, BASE_IMAGE=base.id,
-                  labels={**cache_images.labels(project), **_builder_labels(project, "nix-cache", base.id)})
+    labels = {**cache_images.labels(project), **_builder_labels(project, "nix-cache", base.id)}
+    if remote is None:
+        return _build(project, "nix-cache", tag=settings.cache, labels=labels, substituter=substituter, BASE_IMAGE=base.id)
+    from . import remote as remote_builders
+
+    with remote_builders.prebuilt(remote, base.id, root=project.root, context=project.context_files, pkgs=project.pkgs,
+                                  images=project.images) as results:
+        return _build(project, "nix-cache", tag=settings.cache, labels=labels, substituter=results, BASE_IMAGE=base.id)
 
 
 def publish_cache(project: Project, settings: CacheSettings, namespace: str,
@@ -126,23 +139,30 @@ def publish_cache(project: Project, settings: CacheSettings, namespace: str,
 
 
 def build_web(project: Project, builder: BuilderSettings, settings: CacheSettings, *,
-              name: str, complete: bool, substituter: Substituter | None = None, attr: str = "web") -> BuiltImage:
+              name: str, complete: bool, substituter: Substituter | None = None, attr: str = "web",
+              remote: RemoteBuilders | None = None, share: Share | None = None) -> BuiltImage:
     """build-web: the web image (`attr` of the images file, web.attr), by the load flow or the complete flow."""
-    return build_image(project, builder, settings, name=name, attr=attr, complete=complete, substituter=substituter)
+    return build_image(project, builder, settings, name=name, attr=attr, complete=complete, substituter=substituter,
+                       remote=remote, share=share)
 
 
 @docker.needs_engine("building {name}")
 def build_image(project: Project, builder: BuilderSettings, settings: CacheSettings, *,
-                name: str, attr: str, complete: bool = False, substituter: Substituter | None = None) -> BuiltImage:
+                name: str, attr: str, complete: bool = False, substituter: Substituter | None = None,
+                remote: RemoteBuilders | None = None, share: Share | None = None) -> BuiltImage:
     """Build the image `attr` of the images file on top of the cache image, unless one with the same inputs exists.
 
     Only the load flow builds images other than web (services). Tags:
     name:id-<inputs> (the image enters the engine with it), name:<date>, then
-    name:latest, last, once everything else succeeded.
+    name:latest, last, once everything else succeeded. `remote` (ci.remote)
+    builds its derivations elsewhere; it is no input: the same inputs give the same image. `share`
+    pushes the store paths the build added to a registry's binary cache (load flow).
     """
     if complete and attr != "web":
         raise ConfigError(f"the complete flow builds only the web image, not {attr}", "build it without --complete")
     project.context_files  # noqa: B018 - a link out of the build context is refused before any work
+    if complete and (remote is not None or share is not None):
+        raise ConfigError(REMOTE_DOCKER_BUILD.format(what="the complete flow (--complete)"), REMOTE_HINT)
     cache_image = cache_images.find(project, settings)
     if cache_image is None:
         cache_images.missing(settings)
@@ -156,7 +176,7 @@ def build_image(project: Project, builder: BuilderSettings, settings: CacheSetti
     if image is not None:
         log.info("%s is up to date: nothing it is built from has changed", tags[0])
     else:
-        image = _build_image(project, name, dockerfile, args, substituter, tag=tags[0])
+        image = _build_image(project, name, dockerfile, args, substituter, tag=tags[0], remote=remote, share=share)
     for tag in tags:  # latest last
         if tag not in image.tags:
             docker.tag(image.id, tag)
@@ -183,13 +203,21 @@ def verify_reproducible(project: Project, settings: CacheSettings, *, name: str,
 
 
 def _build_image(project: Project, name: str, dockerfile: str, args: dict[str, str],
-                 substituter: Substituter | None = None, *, tag: str, nocache: bool = False) -> docker.Image:
+                 substituter: Substituter | None = None, *, tag: str, nocache: bool = False,
+                 remote: RemoteBuilders | None = None, share: Share | None = None) -> docker.Image:
     """One build of either flow; the image enters the engine tagged `tag`, never untagged or under a temporary name."""
     if dockerfile == "web-complete":
         labels = {docker.LABEL: "web", "org.opencontainers.image.title": name, **json.loads(args.get("LABELS", "{}"))}
         built = _build(project, dockerfile, labels=labels, substituter=substituter, nocache=nocache, **args)
         return docker.normalised(built.id, tag)
-    return _stream_out(project, name, args, substituter, tag=tag, nocache=nocache)
+    return _stream_out(project, name, args, substituter, tag=tag, nocache=nocache, remote=remote, share=share)
+
+
+# Remote builders (and sharing) need a key in the build's container; docker build would keep it in a layer.
+REMOTE_DOCKER_BUILD = ("remote builders and --share cannot be used by {what}: its Nix runs in docker build steps, "
+                       "whose layers and history would keep the SSH or signing key")
+REMOTE_HINT = ("build without remote builders there; they serve build-web's load flow (web.Dockerfile as shipped), "
+               "build-cache, bundle and build-vm")
 
 
 # What the images file's Nix build leaves in the builder: the script that writes the image.
@@ -197,7 +225,8 @@ STREAM = "/result"
 
 
 def _stream_out(project: Project, name: str, args: dict[str, str],
-                substituter: Substituter | None = None, *, tag: str, nocache: bool = False) -> docker.Image:
+                substituter: Substituter | None = None, *, tag: str, nocache: bool = False,
+                remote: RemoteBuilders | None = None, share: Share | None = None) -> docker.Image:
     """The load flow: Nix builds the image's stream script (web.Dockerfile), whose
     output streams into the engine as `tag`.
 
@@ -210,6 +239,9 @@ def _stream_out(project: Project, name: str, args: dict[str, str],
     """
     known, accept = docker.known_chains(name), lambda named: _check_named(named, name)
     steps = project.one_container_build("web", project.buildargs("web", **_with_substituter(args, substituter)))
+    if steps is None and (remote is not None or share is not None):
+        raise ConfigError(REMOTE_DOCKER_BUILD.format(what=f"{project.dockerfile('web')}, which one container cannot run"),
+                          "keep web.Dockerfile to ARG steps, `COPY . /DIR` and RUN steps on one FROM, or " + REMOTE_HINT)
     if steps is None:
         builder = _build(project, "web", substituter=substituter, nocache=nocache, **args)
         try:
@@ -218,16 +250,39 @@ def _stream_out(project: Project, name: str, args: dict[str, str],
         finally:
             docker.remove_image(builder.id)
     extra = substituter.context() if substituter is not None else {}
+    remote = _remote_checked(remote, steps.image)
     # Each RUN step as the classic builder runs it; their output goes to stderr, as stdout carries the image.
     script = f'for step in "$@"; do /bin/sh -c "$step" >&2 || exit; done; {_record_closure()}; exec {STREAM}'
-    with docker.context_archive(project.root, project.context_files, under=steps.context_to, extra=extra) as files:
+    if remote is None and share is None:
+        with docker.context_archive(project.root, project.context_files, under=steps.context_to, extra=extra) as files:
+            try:
+                return docker.stream_into_load(steps.image, ["/bin/sh", "-c", script, "web.Dockerfile", *steps.runs],
+                                               known_chains=known, tag=tag, accept=accept, files=files,
+                                               environment=steps.environment,
+                                               describe=f"web.Dockerfile's RUN steps, then {STREAM}",
+                                               collect=_keep_closure)
+            except BuildFailed as exc:
+                raise _nix_failure(exc, "web") from None
+    from . import remote as remote_builders  # loaded only with remote builders or sharing
+
+    # The keys (ci.remote) are gone before the image is written; what the build added is shared first.
+    script = (f'{share.before() + "; " if share else ""}for step in "$@"; do /bin/sh -c "$step" >&2 || exit; done; '
+              f'{share.after() + "; " if share else ""}{remote_builders.FORGET}; {_record_closure()}; exec {STREAM}')
+    private = {**(remote.contents() if remote else {}), **(share.contents() if share else {})}
+    with docker.context_archive(project.root, project.context_files, under=steps.context_to, extra=extra) as files, \
+            tempfile.TemporaryDirectory(prefix="nix-ci-share-") as shared:
         try:
-            return docker.stream_into_load(steps.image, ["/bin/sh", "-c", script, "web.Dockerfile", *steps.runs],
-                                           known_chains=known, tag=tag, accept=accept, files=files,
-                                           environment=steps.environment, describe=f"web.Dockerfile's RUN steps, then {STREAM}",
-                                           collect=_keep_closure)
+            image = docker.stream_into_load(
+                steps.image, ["/bin/sh", "-c", script, "web.Dockerfile", *steps.runs], known_chains=known, tag=tag,
+                accept=accept, files=files, environment={**steps.environment, **(remote.environment() if remote else {})},
+                private_files=remote_builders.private_files(private), network=remote.network if remote else None,
+                binds={shared: remote_builders.SHARE_DIRECTORY} if share else None,
+                describe=f"web.Dockerfile's RUN steps, then {STREAM}", collect=_keep_closure)
         except BuildFailed as exc:
             raise _nix_failure(exc, "web") from None
+        if share is not None:
+            share.push(Path(shared))
+        return image
 
 
 
@@ -274,6 +329,15 @@ def _images_file_labels(project: Project) -> str:
     from . import labels
 
     return labels.as_nix_argument(labels.images_file_labels(project.root, project.labels))
+
+
+def _remote_checked(remote: RemoteBuilders | None, image: str) -> RemoteBuilders | None:
+    """The remote builders that answer from a container of `image`; None without any (or fallen back from)."""
+    if remote is None:
+        return None
+    from . import remote as remote_builders  # loaded only with remote builders
+
+    return remote_builders.checked(remote, image, system=remote_builders.system_of(docker.engine_architecture()))
 
 
 def _check_named(named: list[str], name: str) -> None:

@@ -23,9 +23,9 @@ from .tools import docker
 log = logging.getLogger(__name__)
 
 # s6, execline and patchelf: the test stand-in for nixpkgs copies Debian's s6 and execline
-# into the store (tests/nixpkgs/host-skaware.nix).
+# into the store (tests/nixpkgs/host-skaware.nix). openssh-client: Nix reaches remote builders with ssh.
 PACKAGES = ("nix-bin", "skopeo", "umoci", "busybox-static", "ca-certificates", "findutils", "coreutils",
-            "s6", "execline", "patchelf")
+            "s6", "execline", "patchelf", "openssh-client")
 
 # What an image needs to find Nix and its profile.
 IMAGE_CHANGES = [

@@ -281,6 +281,15 @@ SETTINGS: dict[str, Kind] = {
     "bundle.runner_image": LOCAL_IMAGE,
     "bundle.substituter": _checked_text("a substituter is REGISTRY/NAME:TAG or REGISTRY/NAME@sha256:...",
                                         _image(need_registry=True), optional=True),
+    "remote.builders": _text("builders are Nix's builders syntax, ';'-separated: "
+                             "'ssh-ng://USER@HOST[:PORT] SYSTEMS - MAX-JOBS SPEED FEATURES'", optional=True),
+    "remote.ssh_key_file": _text("a path is one line of text", optional=True),
+    "remote.known_hosts": _text("a path is one line of text", optional=True),
+    "remote.host_keys": _strings("host keys are known_hosts lines: a list, or one string with a line per key"),
+    "remote.local_builds": _yes_no(),
+    "remote.fallback": _yes_no(),
+    "remote.network": _text("a network is the engine's network mode, e.g. host", r"[a-z][a-z0-9_.-]*", optional=True),
+    "remote.share": _checked_text("a share is REGISTRY/NAME:TAG", _image(need_registry=True), optional=True),
     # Flags that no configuration sets.
     "stop.grace": _whole(0, 3600, "a grace time", "seconds"),
 }

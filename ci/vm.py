@@ -18,6 +18,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import cidata
 from .builder import BUILDER_HINT, OFFLINE_HINT, inputs_tar
@@ -26,6 +27,9 @@ from .core.errors import BuildFailed, CommandFailed, ConfigError, ImageNotFound,
 from .core.files import writable_directory
 from .tools import docker, nix, oras, qemu
 from .tools.docker import archive
+
+if TYPE_CHECKING:
+    from .remote import RemoteBuilders
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +153,9 @@ class BuiltDisk:
 
 
 def build_vm(root: Path, *, builder: str, expression: str, pkgs: str, vm_settings: VmSettings,
-             output: Path, accel: qemu.Acceleration) -> BuiltDisk:
-    """nix-build the image attribute of `expression` in a container of `builder`, and copy the qcow2 to `output`."""
+             output: Path, accel: qemu.Acceleration, remote: RemoteBuilders | None = None) -> BuiltDisk:
+    """nix-build the image attribute of `expression` in a container of `builder`, and copy the qcow2 to `output`.
+    `remote` (ci.remote): Nix builds the derivations on those builders."""
     for what, relative in (("VM expression", expression), ("package set", pkgs)):
         if not (root / relative).exists():
             raise ConfigError(f"the {what} {relative} does not exist under {root}",
@@ -169,8 +174,11 @@ def build_vm(root: Path, *, builder: str, expression: str, pkgs: str, vm_setting
     log.info("building %s in %s (%s)", expression, builder, accel.reason)
     inputs = inputs_tar(root, [expression, pkgs], under=BUILD_DIR,
                         files={f"{BUILD_DIR}/settings.json": vm_settings.to_json().encode()})
+    from .remote import checked_options  # a few lines; loads nothing more
+
     with docker.one_off_container(builder, command, files=inputs, no_image=BUILDER_HINT,
-                                  devices=[str(qemu.KVM_DEVICE)] if accel.kvm else []) as container:
+                                  devices=[str(qemu.KVM_DEVICE)] if accel.kvm else [],
+                                  **checked_options(remote, builder)) as container:
         finished = container.run(lambda line: log.info("%s", line))
         if finished.status != 0:
             raise nix.build_error(f"the Nix build of {expression}", finished.stderr_tail, fallback=f"exit {finished.status}",

@@ -12,6 +12,7 @@ import tarfile
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..builder import BUILDER_HINT, OFFLINE_HINT, inputs_tar
 from ..core import resources
@@ -21,6 +22,9 @@ from ..tools import docker, nix
 from ..tools.docker import archive
 from .contents import BundleInfo, inspect_bundle
 from .keys import read_secret_key
+
+if TYPE_CHECKING:
+    from ..remote import RemoteBuilders
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +42,10 @@ OUTPUT_DIR = "/bundle-out"  # cache/ and result, tarred on the host
 
 
 def make_bundle(root: Path, *, builder: str, expression: str, attr: str, pkgs: str, secret_key: Path,
-                output: Path, compression: str = "zstd") -> BundleInfo:
+                output: Path, compression: str = "zstd", remote: RemoteBuilders | None = None) -> BundleInfo:
     """nix-build `attr` of `expression` in a container of `builder`, sign its closure into a binary cache,
-    and write cache/ and the result link as one tarball at `output` (written whole or not at all)."""
+    and write cache/ and the result link as one tarball at `output` (written whole or not at all).
+    `remote` (ci.remote): Nix builds the derivations on those builders."""
     for what, relative, key in (("expression", expression, "bundle.expression"), ("package set", pkgs, "web.pkgs")):
         if not (root / relative).exists():
             raise ConfigError(f"the {what} {relative} does not exist under {root}", f"set {key} to a path of the project")
@@ -53,8 +58,10 @@ def make_bundle(root: Path, *, builder: str, expression: str, attr: str, pkgs: s
     command = ["/bin/sh", f"{INPUT_DIR}/make-bundle.sh", f"{BUILD_DIR}/{expression}", attr, f"{BUILD_DIR}/{pkgs}",
                compression]
     log.info("building %s -A %s in %s, signing with %s", expression, attr, builder, secret_key)
+    from ..remote import checked_options  # a few lines; loads nothing more
+
     with docker.one_off_container(builder, command, files=_inputs(root, [expression, pkgs], secret),
-                                  no_image=BUILDER_HINT) as container:
+                                  no_image=BUILDER_HINT, **checked_options(remote, builder)) as container:
         finished = container.run(lambda line: log.info("%s", line))
         if finished.status != 0:
             raise nix.build_error(f"bundling {expression} -A {attr}", finished.stderr_tail, fallback=f"exit {finished.status}",

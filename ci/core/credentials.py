@@ -1,5 +1,5 @@
-"""Registry credentials: the one place that reads them, and decides which
-registry receives which.
+"""Credentials: the one place that reads them (registries, and the remote builders' SSH key),
+and decides which registry receives which.
 
 CI jobs that hold a token set REGISTRY_USERNAME and REGISTRY_PASSWORD, and
 REGISTRY_HOST to the one registry the pair is for (host[:port], e.g.
@@ -92,3 +92,13 @@ def _same_registry(a: str, b: str) -> bool:
 def _warn_unscoped() -> None:
     log.warning("warning: %s is set but %s is not, so the pair is sent to no registry; set %s to the registry it is "
                 "for (e.g. ghcr.io)", USERNAME_VARIABLE, HOST_VARIABLE, HOST_VARIABLE)
+
+
+# The SSH private key for Nix's remote builders (ci.remote), when no key file is configured.
+BUILDERS_KEY_VARIABLE = "NIX_CI_BUILDERS_SSH_KEY"
+
+
+def builders_ssh_key() -> bytes | None:
+    """The remote builders' SSH private key from the environment (a CI secret); None when unset."""
+    value = os.environ.get(BUILDERS_KEY_VARIABLE, "")
+    return value.encode() if value.strip() else None

@@ -146,17 +146,20 @@ class OneOffContainer:
 
 @contextmanager
 def one_off_container(image: str, command: list[str], *, files: bytes | None = None,
-                      devices: Sequence[str] = (), no_image: str = "") -> Iterator[OneOffContainer]:
+                      devices: Sequence[str] = (), no_image: str = "", environment: Mapping[str, str] | None = None,
+                      network: str | None = None, private_files: bytes | None = None) -> Iterator[OneOffContainer]:
     """A container of `image` for `command`, with the tar archive `files` unpacked
     at / and the host `devices` passed in; removed on leaving, whatever happened.
-    `no_image` hints what to do when the image is missing."""
+    `no_image` hints what to do when the image is missing; `network` is its network
+    mode (None: the engine's default); `private_files` (ci.remote's key and settings)
+    is unpacked at / after `files`."""
     api = client().api
     container = f"nix-ci-one-off-{uuid.uuid4().hex[:16]}"
     try:
         with _holding_ctrl_c():  # the engine finishes creating it, so that it is removed below
             api.create_container(
-                image, command=command, labels={LABEL: "one-off"}, name=container,
-                host_config=api.create_host_config(devices=[f"{d}:{d}:rwm" for d in devices]),
+                image, command=command, labels={LABEL: "one-off"}, name=container, environment=dict(environment or {}),
+                host_config=api.create_host_config(devices=[f"{d}:{d}:rwm" for d in devices], network_mode=network),
             )
     except docker.errors.ImageNotFound:
         raise ImageNotFound(f"image {image} is not in the local Docker engine", no_image) from None
@@ -168,6 +171,8 @@ def one_off_container(image: str, command: list[str], *, files: bytes | None = N
     try:
         if files is not None and not api.put_archive(container, "/", files):
             raise ToolkitError(f"cannot copy the build inputs into a container of {image}")
+        if private_files is not None and not api.put_archive(container, "/", private_files):
+            raise ToolkitError(f"cannot copy the remote builders' settings into a container of {image}")
         yield OneOffContainer(container)
     finally:
         _quietly(lambda: api.remove_container(container, force=True), container=container)

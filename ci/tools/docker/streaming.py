@@ -47,7 +47,9 @@ STOP_WAIT = 30
 def stream_into_load(image: str, command: list[str], *, known_chains: set[str], tag: str,
                      accept: Callable[[list[str]], object] = lambda named: None, files: IO[bytes] | None = None,
                      environment: Mapping[str, str] | None = None, describe: str | None = None,
-                     collect: Callable[[str, Image], None] | None = None) -> Image:
+                     collect: Callable[[str, Image], None] | None = None,
+                     private_files: bytes | None = None, network: str | None = None,
+                     binds: Mapping[str, str] | None = None) -> Image:
     """Run `command` in a container of `image` and `docker load` the archive it writes to stdout.
 
     `files` (a tar archive) is unpacked at / before the command starts, and
@@ -61,19 +63,27 @@ def stream_into_load(image: str, command: list[str], *, known_chains: set[str], 
     stops reading (Ctrl-C). `describe` names the command in the log and in errors.
     `collect(container, image)` runs once the image is loaded, before the
     container goes: what the build left in it can still be copied out.
+    `private_files` (a tar archive, such as ci.remote's key and settings) is
+    unpacked at / after `files`, and goes with the container; `network` is its
+    network mode (None: the engine's default); `binds` maps directories of this
+    machine to where the container sees them (the engine must run here).
     """
     api = client().api
     describe = describe or " ".join(command)
     log.info("running %s in a container of %s and loading what it writes", describe, image[7:19])
     container = f"nix-ci-stream-{uuid.uuid4().hex[:16]}"
+    mounts = {directory: {"bind": inside, "mode": "rw"} for directory, inside in (binds or {}).items()}
     with _output_channel() as channel:
         try:
             with _holding_ctrl_c():  # the engine finishes creating it, so that it is removed below
                 api.create_container(image, command=channel.command(command), environment=dict(environment or {}),
                                      labels={LABEL: "stream"}, name=container,
-                                     host_config=api.create_host_config(binds=channel.binds))
+                                     host_config=api.create_host_config(binds={**channel.binds, **mounts},
+                                                                        network_mode=network))
             if files is not None:
                 _put_context(container, files, image)
+            if private_files is not None and not api.put_archive(container, "/", private_files):
+                raise ToolkitError(f"cannot copy the remote builders' settings into a container of {image[:19]}")
             output = _Counted(channel.open(container))
             stderr = _Stderr(container)
 
