@@ -68,22 +68,33 @@ def printed_id(outcome) -> str:
 @pytest.fixture(scope="session")
 def cache_image(engine):
     """nix-base and nix-cache built with the Debian builder and the stand-in package set:
-    the nix-cache image this build made, by the ID it printed."""
+    the nix-cache image this build made, by the ID it printed.
+
+    A tag of the session's own holds it (and so nix-base and the builder under it) until the
+    session ends: a build-cache elsewhere on the engine that moves nix-cache:latest removes the
+    image it took the tag from unless another tag names it. It goes, as then it would have, after.
+    """
     outcome = invoke("build-cache", "--from-debian")
     assert outcome.code == 0, outcome.stderr[-3000:]
-    return engine.images.get(printed_id(outcome))
+    image = engine.images.get(printed_id(outcome))
+    held = f"nixci-session-{uuid.uuid4().hex[:8]}"
+    image.tag(held, "cache")
+    yield image
+    engine.images.remove(f"{held}:cache")
 
 
 @pytest.fixture(scope="session")
 def builder_image(engine, cache_image):
     """The Debian-made builder cache_image was built from, by ID: of the images with its packages
-    label (nix-base and nix-cache inherit it), the one with fewest layers that begin cache_image's."""
+    label (nix-base and nix-cache inherit it) whose layers begin cache_image's, the one with fewest,
+    imported (no parent) rather than a build step that added none. all=True: once a newer builder
+    has its tag, this one is an untagged parent, which a plain list leaves out."""
     layers = cache_image.attrs["RootFS"]["Layers"]
-    under = [image for image in engine.images.list(filters={"label": f"{LABEL}.packages"})
+    under = [image for image in engine.images.list(all=True, filters={"label": f"{LABEL}.packages"})
              if layers[:len(image.attrs["RootFS"]["Layers"])] == image.attrs["RootFS"]["Layers"]]
     if not under:
         pytest.fail(f"no Debian builder under the cache image {cache_image.id}")
-    return min(under, key=lambda image: len(image.attrs["RootFS"]["Layers"]))
+    return min(under, key=lambda image: (len(image.attrs["RootFS"]["Layers"]), bool(image.attrs.get("Parent"))))
 
 
 def identity_tag(outcome) -> str:

@@ -31,8 +31,10 @@ from tests.conftest import ROOT, assert_one_line_error, invoke, processes
 from tests.integration import registries
 from tests.integration.conftest import project_copy
 
-BASE = "bundletest-nix-base:latest"
-RUNNER = "bundletest-runner:latest"
+# This run's own names: another run of these tests on the same engine and registry removes its own when it ends.
+RUN = uuid.uuid4().hex[:8]
+BASE = f"bundletest-nix-base:{RUN}"
+RUNNER = f"bundletest-runner:{RUN}"
 PAGE = (ROOT / "tests" / "fixtures" / "web" / "index.html").read_text()
 NIX = "nix --extra-experimental-features nix-command"
 
@@ -247,7 +249,7 @@ def test_bundle_through_the_registry_into_a_fresh_store(engine, runner, made, en
 
 
 def test_runner_from_the_registry_serves_the_page(engine, runner, made, env, registry):
-    reference = f"{registry}/bundletest/runner:serve"
+    reference = f"{registry}/bundletest/runner:serve-{RUN}"
     assert invoke("cache-push", "--to", reference, env=env).code == 0
     port = free_port()  # the container shares the host's network: it reaches 127.0.0.1:5000, and listens on PORT
     container = engine.containers.run(runner, detach=True, name=f"bundletest-ref-{uuid.uuid4().hex[:8]}",
@@ -266,7 +268,7 @@ def test_runner_from_the_registry_serves_the_page(engine, runner, made, env, reg
 
 
 def test_cache_pull_gives_the_bundle_back(made, env, registry, tmp_path):
-    reference = f"{registry}/bundletest/runner:pull"
+    reference = f"{registry}/bundletest/runner:pull-{RUN}"
     assert invoke("cache-push", "--to", reference, env=env).code == 0
     outcome = invoke("cache-pull", reference, "--to", str(tmp_path / "pulled.tar"), env=env)
     assert outcome.code == 0, outcome.stderr
@@ -332,8 +334,8 @@ def test_after_cache_pull_a_fresh_builder_substitutes_instead_of_building(engine
 
 def test_build_cache_substitutes_from_a_registry(engine, base, env, registry, tmp_path):
     """A cold machine: build-cache with a bundle of the web image as substituter downloads instead of building."""
-    copy = {**env, **project_copy(tmp_path / "project"), "INVOKE_BUILDER_BASE": "bundletest-sub-base:latest",
-            "INVOKE_BUILDER_CACHE": "bundletest-sub-cache:latest"}
+    copy = {**env, **project_copy(tmp_path / "project"), "INVOKE_BUILDER_BASE": f"bundletest-sub-base:{RUN}",
+            "INVOKE_BUILDER_CACHE": f"bundletest-sub-cache:{RUN}"}
     made_web = invoke("bundle", "--expression", "tests/fixtures/images.nix", "--attr", "web",
                       "--output", str(tmp_path / "web.tar"), env={**copy, "INVOKE_BUILDER_BASE": base})
     assert made_web.code == 0, made_web.stderr[-2000:]
@@ -359,7 +361,7 @@ def test_build_cache_substitutes_from_a_registry(engine, base, env, registry, tm
         assert not re.search(r"building '/nix/store/\w{32}-webroot\.drv'", built.stderr)
     finally:
         assert invoke("build-web").code == 0  # web:latest back to the repository's page
-        for image in ("bundletest-sub-cache:latest", "bundletest-sub-base:latest"):
+        for image in (f"bundletest-sub-cache:{RUN}", f"bundletest-sub-base:{RUN}"):
             with contextlib.suppress(docker.errors.ImageNotFound):  # a build that failed made none
                 engine.images.remove(image, force=True)
 
