@@ -46,12 +46,12 @@ def test_a_builder_with_an_older_nix_is_refused_in_one_line(engine, cache_image)
 @pytest.mark.parametrize("suite", ["Trixie", "trixie; rm -rf /", "../x"])
 def test_a_suite_that_is_no_release_name_is_refused(engine, suite):
     outcome = invoke("build-base", "--suite", suite, env=PINNED)
-    assert_one_line_error(outcome, "builder.suite (--suite)", "not a Debian release name")
+    assert_one_line_error(outcome, "builder.suite is", "(from --suite)", "a Debian release is a name")
 
 
 def test_an_empty_suite_setting_is_refused(engine):
     outcome = invoke("build-base", env={**PINNED, "INVOKE_BUILDER_SUITE": ""})
-    assert_one_line_error(outcome, "builder.suite (--suite) is ''", "not a Debian release name")
+    assert_one_line_error(outcome, "builder.suite is '' (from INVOKE_BUILDER_SUITE)", "a Debian release is a name")
 
 
 def test_a_suite_the_mirror_does_not_serve_is_refused_in_one_line(engine):

@@ -328,8 +328,8 @@ def test_after_cache_pull_a_fresh_builder_substitutes_instead_of_building(engine
     # Signed by a key the builder does not trust, the same cache is ignored and Nix builds.
     logs = substitute_in_a_fresh_builder(engine, base, target, public_key(keys["bundletest-other-1"]))
     assert re.search(r"building '/nix/store/\w{32}-run\.drv'", logs), logs
-    assert "is not signed by any of the keys in 'trusted-public-keys'" in logs
-    assert "copying path" not in logs
+    # Nix 2.8 says why ("is not signed by any of the keys"); 2.26 passes over the path without a word.
+    assert not re.search(r"copying path '/nix/store/\w{32}-run' from 'file:///substituter'", logs), logs
 
 
 def test_build_cache_substitutes_from_a_registry(engine, base, env, registry, tmp_path):

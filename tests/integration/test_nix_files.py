@@ -24,7 +24,7 @@ def test_images_files_share_one_interface(nix_on_host):
             ["nix-instantiate", "--eval", "--strict", "--json", "-E", f"builtins.functionArgs (import ./{images})"],
             cwd=ROOT, capture_output=True, text=True, check=True,
         ).stdout
-        assert args == '{"page":true,"pkgs":true,"tag":true}'
+        assert args == '{"labels":true,"page":true,"pkgs":true,"tag":true}'
 
 
 def test_a_file_that_does_not_parse_is_named(nix_on_host, tmp_path):

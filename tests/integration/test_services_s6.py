@@ -33,8 +33,14 @@ def s6_on_host(nix_on_host):
             unavailable(f"{program} is not on PATH; apt-get install s6 execline patchelf nix-bin")
 
 
+# The stand-in's tar writer (tests/nixpkgs/tar.awk) copies files with awk's system(), which runs
+# /bin/sh; Debian's Nix gives its sandbox none, so the host's static busybox stands in there.
+SANDBOX_SHELL = ["--option", "extra-sandbox-paths", "/bin/sh=/bin/busybox"]
+
+
 def nix_build(*args: str) -> Path:
-    built = subprocess.run(["nix-build", "--no-out-link", *args], cwd=ROOT, capture_output=True, text=True)
+    built = subprocess.run(["nix-build", "--no-out-link", *SANDBOX_SHELL, *args], cwd=ROOT, capture_output=True,
+                           text=True)
     assert built.returncode == 0, built.stderr[-3000:]
     return Path(built.stdout.strip().splitlines()[-1])
 
