@@ -14,6 +14,11 @@ Where a derivation is built changes neither its output nor the image: none of
 this enters an image's identity. Remote builds happen only where the toolkit
 runs the container itself (build-web's one-container flow, bundle, build-vm,
 and build-cache's pre-build); `docker build` steps never see the key.
+
+It is longer than the other modules (about 580 lines) because it is one
+concept with several small parts that only make sense together: the builders
+syntax, the SSH key and host keys, the probe, and the share of what a build
+added; split, each would need the others' private details.
 """
 
 from __future__ import annotations

@@ -18,6 +18,10 @@ invoke reads /etc/invoke.yaml and ~/.invoke.yaml before it imports tasks.py:
 their values are checked here, but one that is not YAML at all fails inside
 invoke before the toolkit runs. A configuration file written in Python
 (invoke.py) is invoke's to run and is not checked.
+
+It is longer than the other modules (about 500 lines) because it declares
+every setting of every task in one table, with the few kinds they share: the
+table is the point, and a reader finds any setting's rule in one place.
 """
 
 from __future__ import annotations

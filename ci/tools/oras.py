@@ -28,6 +28,10 @@ come from ci.core.credentials (the environment's pair only for the registry
 REGISTRY_HOST names), or else from that registry's entry in the auth files
 it lists; they are never logged. What a registry's answer means is said by
 ci.tools.registry.
+
+It is longer than the other modules (about 480 lines) because pushing,
+pulling and checking what a registry sends share one registry session and one
+set of descriptor rules; the referrers (ci.tools.referrers) build on it.
 """
 
 from __future__ import annotations
