@@ -148,9 +148,9 @@ def blob_path(directory: Path, digest: str) -> Path:
     return directory / "data" / "docker" / "registry" / "v2" / "blobs" / "sha256" / hex_[:2] / hex_ / "data"
 
 
-def push_handmade_image(target: str, *, architecture: str, labels: dict[str, str], workdir: Path) -> list[str]:
-    """Write a one-layer image as an OCI layout, skopeo-copy it to docker://target; returns its layer digests there."""
-    layout = workdir / "layout"
+def handmade_layout(layout: Path, *, architecture: str = "amd64", labels: dict[str, str] | None = None,
+                    content: bytes = b"not a nix store\n" * 4096) -> str:
+    """Write a one-layer image (hello.txt holding `content`) as an OCI layout tagged handmade; its skopeo name."""
     blobs = layout / "blobs" / "sha256"
     blobs.mkdir(parents=True)
 
@@ -161,14 +161,13 @@ def push_handmade_image(target: str, *, architecture: str, labels: dict[str, str
 
     layer_tar = io.BytesIO()
     with tarfile.open(fileobj=layer_tar, mode="w") as tar:
-        content = b"not a nix store\n" * 4096
         info = tarfile.TarInfo("hello.txt")
         info.size = len(content)
         tar.addfile(info, io.BytesIO(content))
     layer = blob(layer_tar.getvalue())
     config = blob(json.dumps({
         "architecture": architecture, "os": "linux",
-        "config": {"Labels": labels, "Cmd": ["/hello"]},
+        "config": {"Labels": labels or {}, "Cmd": ["/hello"]},
         "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]},
     }).encode())
     manifest = blob(json.dumps({
@@ -180,8 +179,14 @@ def push_handmade_image(target: str, *, architecture: str, labels: dict[str, str
     (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
         {"mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest,
          "annotations": {"org.opencontainers.image.ref.name": "handmade"}}]}))
-    subprocess.run(["skopeo", f"--policy={POLICY}", "copy", "--dest-tls-verify=false",
-                    f"oci:{layout}:handmade", f"docker://{target}"], check=True, capture_output=True)
+    return f"oci:{layout}:handmade"
+
+
+def push_handmade_image(target: str, *, architecture: str, labels: dict[str, str], workdir: Path) -> list[str]:
+    """Write a one-layer image as an OCI layout, skopeo-copy it to docker://target; returns its layer digests there."""
+    source = handmade_layout(workdir / "layout", architecture=architecture, labels=labels)
+    subprocess.run(["skopeo", f"--policy={POLICY}", "copy", "--dest-tls-verify=false", source, f"docker://{target}"],
+                   check=True, capture_output=True)
     pushed = subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{target}"],
                             check=True, capture_output=True, text=True).stdout
     return [layer["digest"] for layer in json.loads(pushed)["layers"]]

@@ -6,7 +6,6 @@ one that records every Authorization header (and the engine and skopeo as the cl
 from __future__ import annotations
 
 import contextlib
-import json
 import subprocess
 import tarfile
 import uuid
@@ -224,42 +223,12 @@ def test_the_pair_for_one_registry_reaches_no_other_through_oras(two_registries,
     assert f"alice:{password}" in theirs.authorizations()
 
 
-def oci_layout(directory: Path) -> str:
-    """A one-file image as an OCI layout, for skopeo to copy."""
-    import hashlib
-    import io
-
-    blobs = directory / "blobs" / "sha256"
-    blobs.mkdir(parents=True)
-
-    def blob(data: bytes) -> dict:
-        digest = hashlib.sha256(data).hexdigest()
-        (blobs / digest).write_bytes(data)
-        return {"digest": f"sha256:{digest}", "size": len(data)}
-
-    layer_tar = io.BytesIO()
-    with tarfile.open(fileobj=layer_tar, mode="w") as archive:
-        info = tarfile.TarInfo("hello")
-        info.size = 3
-        archive.addfile(info, io.BytesIO(b"hi\n"))
-    layer = blob(layer_tar.getvalue())
-    config = blob(json.dumps({"architecture": "amd64", "os": "linux",
-                              "rootfs": {"type": "layers", "diff_ids": [layer["digest"]]}}).encode())
-    manifest = blob(json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
-                                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **layer}]}).encode())
-    (directory / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    (directory / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [
-        {"mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest}]}))
-    return f"oci:{directory}"
-
-
 def test_the_pair_for_one_registry_reaches_no_other_through_skopeo(two_registries, tmp_path, monkeypatch):
     ours, theirs, password = two_registries
     monkeypatch.setenv("REGISTRY_USERNAME", "alice")
     monkeypatch.setenv("REGISTRY_PASSWORD", password)
     monkeypatch.setenv("REGISTRY_HOST", ours)
-    source = oci_layout(tmp_path / "layout")
+    source = registries.handmade_layout(tmp_path / "layout", content=b"hi\n")
     assert skopeo.copy(source, f"docker://{ours}/img:1").digest.startswith("sha256:")
     with contextlib.suppress(Exception):  # it wants credentials it is not given: refused
         skopeo.copy(source, f"docker://{theirs.address}/img:1")
