@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime
 import functools
 import json
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -26,6 +27,8 @@ from pathlib import Path
 
 from .core import process
 from .core.errors import CommandFailed, ConfigError, ToolMissing
+
+log = logging.getLogger(__name__)
 
 PREFIX = "org.opencontainers.image."
 SOURCE, TITLE, DESCRIPTION = f"{PREFIX}source", f"{PREFIX}title", f"{PREFIX}description"
@@ -63,9 +66,20 @@ def origin(root: Path, configured_source: str | None = None) -> Origin:
 
 @functools.cache
 def source(root: Path, configured: str | None = None) -> str:
-    """The repository URL: labels.source, else GitHub's repository, else the git remote `origin`; "" when none."""
-    found = configured or _github_repository() or _git(root, "remote", "get-url", "origin")
-    return normalise_source(found) if found else ""
+    """The repository URL: labels.source, else GitHub's repository, else the git remote `origin`; "" when none.
+
+    A configured source must be a URL. A remote that is not one (a clone of a local
+    directory, a path) gives no source label rather than failing every build: it says
+    nothing a consumer of the image could follow."""
+    found = configured or _github_repository()
+    if found:
+        return normalise_source(found)
+    remote = _git(root, "remote", "get-url", "origin")
+    try:
+        return normalise_source(remote) if remote else ""
+    except ConfigError:
+        log.info("the git remote origin is not a repository URL: the images get no source label (labels.source sets one)")
+        return ""
 
 
 # What the builder images are, for their labels (the images file says what web and services are).

@@ -40,6 +40,17 @@ def test_a_source_that_is_no_url_is_one_line():
     assert "labels.source" in refused.value.line()
 
 
+def test_a_clone_of_a_local_directory_builds_with_no_source_label(tmp_path, monkeypatch):
+    import subprocess
+
+    monkeypatch.delenv("GITHUB_REPOSITORY", raising=False)
+    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "remote", "add", "origin", "/srv/elsewhere/checkout"], check=True)
+    assert labels.source(tmp_path) == ""
+    with pytest.raises(ConfigError):  # a configured source must be a URL
+        labels.source(tmp_path, "/srv/elsewhere/checkout")
+
+
 def test_builder_labels_leave_nothing_of_nixos_nix():
     ours = labels.image_labels(title="nix-base", description="builder", source="https://github.com/team/toolkit",
                                version="pkgs-1234", inherited=NIXOS_NIX_LABELS)
