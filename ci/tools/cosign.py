@@ -32,8 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core import credentials, process
-from ..core.errors import CommandFailed, ConfigError, IntegrityError, RegistryError, ToolkitError
+from ..core.errors import CommandFailed, ConfigError, IntegrityError, ToolkitError
 from ..core.refs import ImageRef, is_loopback, parse_image_ref
+from . import registry
 
 log = logging.getLogger(__name__)
 
@@ -226,12 +227,9 @@ def _explain(exc: CommandFailed, ref: ImageRef, key: Path, *, signing: bool) -> 
     if "no matching signatures" in text or "invalid signature" in text or ("digest" in text and "claim" in text):
         return SignatureRefused(f"{pinned} is not signed by {key}",
                                 "it was signed with another key or altered since; use the right public key or do not use it")
-    if re.search(r"UNAUTHORIZED|DENIED|authentication required", text, re.I):
-        return RegistryError(f"the registry {ref.registry} refused cosign's credentials for {ref.name}",
-                             f"log in (docker login) or set {credentials.USERNAME_VARIABLE} and {credentials.PASSWORD_VARIABLE}")
-    if re.search(r"MANIFEST_UNKNOWN|NAME_UNKNOWN|not found", text):
-        return RegistryError(f"{pinned} does not exist", "check the name and digest")
-    if re.search(r"connection refused|no such host|i/o timeout|connection reset", text, re.I):
-        return RegistryError(f"the registry {ref.registry} does not answer", "check that it runs, and the host and port")
+    # What the registry answered means the same whichever tool heard it (ci.tools.registry).
+    answered = registry.from_text(text, registry=ref.registry, name=pinned)
+    if answered is not None:
+        return answered
     action = "signing" if signing else "verifying"
     return ToolkitError(f"{action} {pinned} failed: {exc.message}", "the end of cosign's output is above", details=exc.details)
