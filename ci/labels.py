@@ -78,7 +78,7 @@ def source(root: Path, configured: str | None = None) -> str:
     try:
         return normalise_source(remote) if remote else ""
     except ConfigError:
-        log.info("the git remote origin is not a repository URL: the images get no source label (labels.source sets one)")
+        log.debug("the git remote origin is not a repository URL: the images get no source label (labels.source sets one)")
         return ""
 
 
